@@ -1,0 +1,51 @@
+"""Installs vlprompt; the top-level ``trainers/`` and ``datasets/`` ship as ``vlprompt.trainers`` and
+``vlprompt.datasets`` so nothing installed collides with Hugging Face's ``datasets`` package."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PLUGIN_FOLDERS = ("trainers", "datasets")
+
+
+def plugin_packages() -> list[str]:
+    """``vlprompt.trainers``, ``vlprompt.datasets`` and any sub-packages inside those folders."""
+    found = []
+    for folder in PLUGIN_FOLDERS:
+        found.append(f"vlprompt.{folder}")
+        found += [f"vlprompt.{folder}.{sub}" for sub in find_packages(where=folder)]
+    return found
+
+
+setup(
+    name="vlprompt",
+    version="0.1.0",
+    description="Prompt tuning for CLIP-like vision-language models (CoOp, CoCoOp, TPT, GenPT), Dassl-compatible",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["vlprompt", "vlprompt.*"]) + plugin_packages(),
+    package_dir={f"vlprompt.{folder}": folder for folder in PLUGIN_FOLDERS},
+    # No upper bounds and no CUDA pins: an existing (CUDA) torch must never be replaced.
+    install_requires=[
+        "torch>=1.13",
+        "torchvision>=0.14",
+        "clip-anytorch>=2.5",
+        "yacs>=0.1.8",
+        "tabulate",
+        "tqdm",
+        "ftfy",
+        "regex",
+        "numpy",
+        "pillow",
+        "scipy",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff"],
+        "tables": ["matplotlib"],
+        "linear-probe": ["scikit-learn"],
+        "tensorboard": ["tensorboard"],
+    },
+    entry_points={"console_scripts": ["vlprompt-train=vlprompt.cli:main"]},
+)

@@ -1,0 +1,134 @@
+"""Console tee into ``OUTPUT_DIR/log.txt`` and meters, with Dassl's file naming and line formats."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import defaultdict
+from typing import TextIO
+
+import torch
+
+
+class _Tee:
+    """Writes everything printed to the console and to a log file (stdout only, as Dassl)."""
+
+    def __init__(self, console: TextIO, path: str) -> None:
+        self.console = console
+        self.path = path
+        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+
+    def write(self, msg: str) -> int:
+        self.console.write(msg)
+        if not self.file.closed:
+            self.file.write(msg)
+        return len(msg)
+
+    def flush(self) -> None:
+        self.console.flush()
+        if not self.file.closed:
+            self.file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.console.fileno()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+def log_file_path(output: str) -> str:
+    """Where a run logging into ``output`` writes: ``log.txt``, or a timestamped name if that exists."""
+    if output.endswith((".txt", ".log")):
+        path = output
+    else:
+        path = os.path.join(output, "log.txt")
+    if os.path.exists(path):
+        # Never overwrite an earlier run's log; Dassl appends the start time instead.
+        path += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    return path
+
+
+def setup_logger(output: str | None) -> str | None:
+    """Tee ``sys.stdout`` into the run's log file; returns the file path (None when ``output`` is empty)."""
+    if not output:
+        return None
+    path = log_file_path(output)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    teardown_logger()
+    sys.stdout = _Tee(sys.stdout, path)
+    return path
+
+
+def teardown_logger() -> None:
+    """Close the log file and give ``sys.stdout`` back to the console (lets one process run many jobs)."""
+    if isinstance(sys.stdout, _Tee):
+        tee = sys.stdout
+        tee.flush()
+        tee.close()
+        sys.stdout = tee.console
+
+
+class AverageMeter:
+    """Current value and running mean of one scalar."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.val = 0.0
+        self.avg = 0.0
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, val: float | torch.Tensor, n: int = 1) -> None:
+        if isinstance(val, torch.Tensor):
+            val = val.item()
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+class MetricMeter:
+    """Named AverageMeters printed as ``name val (avg)`` with 4 decimals, as Dassl's log lines."""
+
+    def __init__(self, delimiter: str = " ") -> None:
+        self.meters: dict[str, AverageMeter] = defaultdict(AverageMeter)
+        self.delimiter = delimiter
+
+    def update(self, values: dict | None) -> None:
+        if values is None:
+            return
+        if not isinstance(values, dict):
+            raise TypeError("MetricMeter.update() takes a dict of name -> value, e.g. {'loss': loss}")
+        for name, value in values.items():
+            self.meters[name].update(value)
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{n} {m.val:.4f} ({m.avg:.4f})" for n, m in self.meters.items())
+
+
+class TensorboardWriter:
+    """SummaryWriter when tensorboard is installed, otherwise a no-op (it is optional here)."""
+
+    def __init__(self, log_dir: str) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self._writer = None
+            return
+        print(f"Initialize tensorboard (log_dir={log_dir})")
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def add_scalar(self, tag: str, value: float, step: int | None = None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,409 @@
+"""The Dassl-compatible trainer life cycle: data, model registration, epochs, checkpoints, test.
+
+Class and method names follow Dassl 0.6.3 (``TrainerBase`` → ``SimpleTrainer`` → ``TrainerX``) so a
+plugin written for Dassl runs unchanged. What differs is underneath: checkpoints load safely and carry
+the random-number state, so a killed run resumes to the same result; a resume point is kept after
+every epoch; and ``--seed 0`` is a seed like any other.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import os.path as osp
+import time
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vlprompt.engine.checkpoint import load_checkpoint, read_checkpoint_pointer, save_checkpoint
+from vlprompt.engine.data import DataManager
+from vlprompt.engine.evaluation import build_evaluator
+from vlprompt.engine.logging import AverageMeter, MetricMeter, TensorboardWriter
+from vlprompt.engine.registry import TRAINER_REGISTRY
+from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
+
+# Written after every epoch that does not produce a regular checkpoint, so a killed run loses at most
+# the epoch in progress; removed once the run has finished training.
+RESUME_FILE = "resume.pth.tar"
+
+
+def resolve_device(cfg) -> torch.device:
+    """CUDA when available and ``USE_CUDA``; under torchrun, this process's local GPU."""
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def strip_module_prefix(state_dict: dict) -> OrderedDict:
+    """Drop the ``module.`` prefix that (Distributed)DataParallel adds to parameter names."""
+    return OrderedDict((k.removeprefix("module."), v) for k, v in state_dict.items())
+
+
+class TrainerBase:
+    """Registered models with their optimisers and schedulers, and the epoch loop around them."""
+
+    def __init__(self) -> None:
+        self._models: OrderedDict[str, nn.Module] = OrderedDict()
+        self._optims: OrderedDict[str, Any] = OrderedDict()
+        self._scheds: OrderedDict[str, Any] = OrderedDict()
+        self._writer: TensorboardWriter | None = None
+
+    def register_model(self, name: str = "model", model: nn.Module | None = None, optim=None, sched=None) -> None:
+        """Make ``model`` (with its optimiser and scheduler) part of checkpoints and mode switches."""
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        if name in self._models:
+            raise KeyError(f'A model named "{name}" is already registered')
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names: str | list[str] | None = None) -> list[str]:
+        registered = list(self._models.keys())
+        if names is None:
+            return registered
+        names = [names] if isinstance(names, str) else list(names)
+        for name in names:
+            if name not in registered:
+                raise KeyError(f'No model named "{name}"; registered: {registered}')
+        return names
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def save_model(
+        self, epoch: int, directory: str, is_best: bool = False, val_result: float | None = None,
+        model_name: str = "",
+    ) -> None:
+        """One Dassl-format checkpoint per registered model, plus the RNG state for an exact resume."""
+        rng_state = capture_rng_state()
+        for name in self.get_model_names():
+            optim = self._optims[name]
+            sched = self._scheds[name]
+            save_checkpoint(
+                {
+                    "state_dict": self._models[name].state_dict(),
+                    "epoch": epoch + 1,
+                    "optimizer": optim.state_dict() if optim is not None else None,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "val_result": val_result,
+                    "rng_state": rng_state,
+                },
+                osp.join(directory, name),
+                is_best=is_best,
+                model_name=model_name,
+            )
+
+    def _latest_checkpoint(self, directory: str, name: str) -> str | None:
+        """The newest resumable file of model ``name``: the pointed-to checkpoint or the resume point."""
+        model_dir = osp.join(directory, name)
+        candidates = []
+        pointed = read_checkpoint_pointer(model_dir)
+        if pointed:
+            candidates.append(osp.join(model_dir, pointed))
+        candidates.append(osp.join(model_dir, RESUME_FILE))
+        best_path, best_epoch = None, -1
+        for path in candidates:
+            if osp.isfile(path):
+                epoch = load_checkpoint(path)["epoch"]
+                if epoch > best_epoch:
+                    best_path, best_epoch = path, epoch
+        return best_path
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Restore models, optimisers, schedulers and RNG from ``directory``; returns the start epoch."""
+        names = self.get_model_names()
+        paths = {name: self._latest_checkpoint(directory, name) for name in names}
+        if not names or any(path is None for path in paths.values()):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint at {directory} (will resume training)")
+        start_epoch = 0
+        rng_state = None
+        for name in names:
+            checkpoint = load_checkpoint(paths[name], map_location=self.device)
+            self._models[name].load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
+            print("Loaded model weights")
+            if self._optims[name] is not None and checkpoint.get("optimizer"):
+                self._optims[name].load_state_dict(checkpoint["optimizer"])
+                print("Loaded optimizer")
+            if self._scheds[name] is not None and checkpoint.get("scheduler"):
+                self._scheds[name].load_state_dict(checkpoint["scheduler"])
+                print("Loaded scheduler")
+            start_epoch = checkpoint["epoch"]
+            rng_state = checkpoint.get("rng_state", rng_state)
+            print(f"Previous epoch: {start_epoch}")
+        if rng_state is not None:
+            restore_rng_state(rng_state)
+        return start_epoch
+
+    def load_model(self, directory: str, epoch: int | None = None) -> None:
+        """Load ``directory/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each model."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            model_path = osp.join(directory, name, model_file)
+            if not osp.exists(model_path):
+                raise FileNotFoundError(f'Model not found at "{model_path}"')
+            checkpoint = load_checkpoint(model_path, map_location=self.device)
+            val_result = checkpoint.get("val_result")
+            shown = "None" if val_result is None else f"{val_result:.1f}"
+            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
+            self._models[name].load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
+
+    # ----------------------------------------------------------------------------------- loop parts
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ("test", "eval"):
+                self._models[name].eval()
+            else:
+                raise KeyError(f'Unknown model mode "{mode}"; use "train" or "eval"')
+
+    def update_lr(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def init_writer(self, log_dir: str) -> None:
+        if self._writer is None:
+            self._writer = TensorboardWriter(log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        """Generic loop: ``before_train``, then per epoch ``before_epoch/run_epoch/after_epoch``."""
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_epoch(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        pass
+
+    def run_epoch(self) -> None:
+        raise NotImplementedError
+
+    def test(self):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+    def model_zero_grad(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+
+class SimpleTrainer(TrainerBase):
+    """Builds data, model and evaluator from a cfg; trains, checkpoints and tests."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+        self.device = resolve_device(cfg)
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.test_results: OrderedDict | None = None
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -np.inf
+
+    def check_cfg(self, cfg) -> None:
+        """Validate method-specific config values (optional override)."""
+
+    def build_data_loader(self) -> None:
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement build_model() and register its trainable parts"
+        )
+
+    def train(self) -> None:
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
+        self.start_epoch = self.resume_model_if_exist(directory)
+        writer_dir = osp.join(self.output_dir, "tensorboard")
+        os.makedirs(writer_dir, exist_ok=True)
+        self.init_writer(writer_dir)
+        self.time_start = time.time()
+
+    def after_train(self) -> None:
+        print("Finish training")
+        self._remove_resume_points()
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        print(f"Elapsed: {elapsed}")
+        self.close_writer()
+
+    def after_epoch(self) -> None:
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            if curr_result > self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+        else:
+            self.save_model(self.epoch, self.output_dir, model_name=RESUME_FILE)
+
+    def _remove_resume_points(self) -> None:
+        for name in self.get_model_names():
+            path = osp.join(self.output_dir, name, RESUME_FILE)
+            if osp.isfile(path):
+                os.remove(path)
+
+    @torch.no_grad()
+    def test(self, split: str | None = None) -> float:
+        """Evaluate on ``split`` (default ``TEST.SPLIT``; val falls back to test when there is none)."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        print(f"Evaluate on the *{split}* set")
+        for batch in tqdm(data_loader, disable=not self.cfg.VERBOSE):
+            inputs, labels = self.parse_batch_test(batch)
+            self.evaluator.process(self.model_inference(inputs), labels)
+        results = self.evaluator.evaluate()
+        for key, value in results.items():
+            if np.isscalar(value):
+                self.write_scalar(f"{split}/{key}", value, self.epoch)
+        if split == "test":
+            self.test_results = results
+        return next(iter(results.values()))
+
+    def model_inference(self, input):
+        return self.model(input)
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def get_current_lr(self, names=None) -> float:
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+
+class TrainerX(SimpleTrainer):
+    """A trainer using labelled data only: one pass over ``train_loader_x`` per epoch."""
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                remaining = self.num_batches - self.batch_idx - 1
+                remaining += (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * remaining)))
+                print(
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
+                    f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
+                    f"{losses} lr {self.get_current_lr():.4e} eta {eta}"
+                )
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device), batch["domain"].to(self.device)
+
+
+def build_trainer(cfg):
+    """Instantiate the trainer registered as ``cfg.TRAINER.NAME``."""
+    print(f"Loading trainer: {cfg.TRAINER.NAME}")
+    return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
