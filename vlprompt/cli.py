@@ -12,6 +12,7 @@ import torch
 from vlprompt.engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
 from vlprompt.engine.logging import setup_logger, teardown_logger
 from vlprompt.engine.seeding import set_random_seed
+from vlprompt.run_record import utc_now, write_run_record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+    started = utc_now()
+    log_file = setup_logger(cfg.OUTPUT_DIR)
     try:
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
@@ -139,6 +141,11 @@ def run(args: argparse.Namespace):
             trainer.test()
         elif not args.no_train:
             trainer.train()
+        if trainer.test_results is not None and cfg.OUTPUT_DIR:
+            write_run_record(
+                cfg, trainer, eval_only=args.eval_only, model_dir=args.model_dir, load_epoch=args.load_epoch,
+                started=started, log_file=log_file,
+            )
         return trainer
     finally:
         teardown_logger()

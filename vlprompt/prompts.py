@@ -105,7 +105,7 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx_vectors.to(token_embedding.weight.device))
 
         names = [classname_text(name) for name in classnames]
-        name_lens = [len(clip._tokenizer.encode(name)) for name in names]
+        name_lens = [len(clip.clip._tokenizer.encode(name)) for name in names]
         prompts = [f"{prompt_prefix} {name}." for name in names]
         tokenized = tokenize(prompts).to(token_embedding.weight.device)
         with torch.no_grad():

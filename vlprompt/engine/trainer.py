@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vlprompt.engine.checkpoint import load_checkpoint, read_checkpoint_pointer, save_checkpoint
+from vlprompt.engine.checkpoint import atomic_save, load_checkpoint, read_checkpoint_pointer, save_checkpoint
 from vlprompt.engine.data import DataManager
 from vlprompt.engine.evaluation import build_evaluator
 from vlprompt.engine.logging import AverageMeter, MetricMeter, TensorboardWriter
@@ -84,19 +84,20 @@ class TrainerBase:
         for name in self.get_model_names():
             optim = self._optims[name]
             sched = self._scheds[name]
-            save_checkpoint(
-                {
-                    "state_dict": self._models[name].state_dict(),
-                    "epoch": epoch + 1,
-                    "optimizer": optim.state_dict() if optim is not None else None,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "val_result": val_result,
-                    "rng_state": rng_state,
-                },
-                osp.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
-            )
+            state = {
+                "state_dict": strip_module_prefix(self._models[name].state_dict()),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result,
+                "rng_state": rng_state,
+            }
+            if model_name == RESUME_FILE:
+                # A resume point is not a result: no message, and the `checkpoint` pointer is left alone.
+                os.makedirs(osp.join(directory, name), exist_ok=True)
+                atomic_save(state, osp.join(directory, name, RESUME_FILE))
+            else:
+                save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
 
     def _latest_checkpoint(self, directory: str, name: str) -> str | None:
         """The newest resumable file of model ``name``: the pointed-to checkpoint or the resume point."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Base-to-novel, training on the base classes: base2new_train.sh DATASET SEED [KEY VALUE ...]
+# TRAINER and CFG may be overridden (e.g. TRAINER=CoOp CFG=vit_b16_ctxv1) to run CoOp under this protocol.
+source "$(dirname "$0")/../common.sh"
+TRAINER=${TRAINER:-CoCoOp}
+CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}
+SHOTS=16
+DATASET=$1
+SEED=$2
+shift 2
+
+run_train "${OUTPUT_ROOT}/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}" \
+  --seed "$SEED" \
+  --trainer "$TRAINER" \
+  --dataset-config-file "configs/datasets/${DATASET}.yaml" \
+  --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+  DATASET.NUM_SHOTS "$SHOTS" \
+  DATASET.SUBSAMPLE_CLASSES base \
+  "$@"

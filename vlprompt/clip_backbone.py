@@ -1,0 +1,363 @@
+"""CLIP weights: OpenAI model names, a local weights folder, checkpoint files, downloads; one loader for all.
+
+Every trainer gets its CLIP from :func:`load_clip`, so where weights come from, how they are checked and
+which formats are accepted is decided here only. ``MODEL.BACKBONE.NAME`` is either an OpenAI model name
+(``RN50`` … ``ViT-L/14@336px``), looked up as clip's file name (``ViT-B-16.pt``) in :func:`clip_weights_dir`
+and downloaded only when absent and allowed, or the path of a checkpoint file (a TorchScript archive as
+OpenAI ships, or a plain state dict; fp16 or fp32).
+
+Environment variables:
+    VLPROMPT_CLIP_DIR   folder holding the OpenAI ``.pt`` files (default: clip's cache ``~/.cache/clip``)
+    VLPROMPT_OFFLINE    any non-empty value other than ``0`` forbids downloads
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import threading
+import types
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import vlprompt  # noqa: F401 - installs the torchvision shim that ``import clip`` needs on CPU torch
+
+CLIP_DIR_ENV = "VLPROMPT_CLIP_DIR"
+OFFLINE_ENV = "VLPROMPT_OFFLINE"
+DEFAULT_CLIP_DIR = "~/.cache/clip"  # clip.load's own default download_root
+PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+CLIP_CACHE_SIZE = 2  # models kept by load_clip_cached; real CLIPs are 0.3-1.7 GB each
+
+# Keys every OpenAI CLIP state dict has; build_model reads them to infer the architecture.
+_REQUIRED_KEYS = ("text_projection", "token_embedding.weight", "positional_embedding", "ln_final.weight")
+_JIT_DEPRECATION = r"`?torch\.jit\.\w+`? is deprecated"
+
+
+class ClipWeightsNotFoundError(FileNotFoundError):
+    """The CLIP weights asked for are not on disk and could not be downloaded (or the name is unknown)."""
+
+
+class InvalidClipCheckpointError(ValueError):
+    """A file exists but holds no CLIP weights that ``clip.model.build_model`` can use."""
+
+
+def import_clip() -> types.ModuleType:
+    """The ``clip`` package (clip-anytorch), imported so it works on any setuptools.
+
+    clip does ``from pkg_resources import packaging``: setuptools>=82 has no ``pkg_resources`` (a stand-in
+    exposing ``packaging`` is installed then), and older ones warn that it is deprecated (silenced here).
+    """
+    clip = sys.modules.get("clip")
+    if clip is not None and hasattr(clip, "model") and hasattr(clip, "tokenize"):
+        return clip
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*pkg_resources.*", category=DeprecationWarning)
+        try:
+            import pkg_resources  # noqa: F401 - clip imports it next; importing it here costs nothing extra
+        except ImportError:
+            sys.modules["pkg_resources"] = _pkg_resources_stand_in()
+        import clip
+        import clip.model  # build_model, convert_weights, CLIP
+    return clip
+
+
+def _pkg_resources_stand_in() -> types.ModuleType:
+    """A module offering the one thing clip takes from pkg_resources: ``packaging`` (for a version check)."""
+    module = types.ModuleType("pkg_resources")
+    try:
+        import packaging.version
+
+        module.packaging = packaging
+    except ImportError:  # clip only compares torch's version with "1.7.1"; numeric parts are enough for that
+        def parse(version: str) -> tuple[int, ...]:
+            parts = []
+            for piece in version.split("+")[0].split("."):
+                digits = "".join(ch for ch in piece if ch.isdigit())
+                parts.append(int(digits or 0))
+            return tuple(parts)
+
+        module.packaging = types.SimpleNamespace(version=types.SimpleNamespace(parse=parse))
+    return module
+
+
+def clip_weights_dir() -> Path:
+    """The folder where OpenAI model files are looked for and downloaded to."""
+    configured = os.environ.get(CLIP_DIR_ENV, "").strip()
+    return Path(configured or DEFAULT_CLIP_DIR).expanduser()
+
+
+def clip_model_urls() -> dict[str, str]:
+    """OpenAI model name -> download URL, as clip knows them (the URL's second-to-last part is the SHA256)."""
+    return dict(import_clip().clip._MODELS)
+
+
+def offline() -> bool:
+    """Whether downloads are forbidden (``VLPROMPT_OFFLINE`` set to anything but empty or ``0``)."""
+    return os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0")
+
+
+def _download_file(url: str, dest: Path) -> None:
+    """Write the bytes at ``url`` to ``dest`` (the only network access in vlprompt; tests replace it)."""
+    import urllib.request
+
+    from tqdm import tqdm
+
+    print(f"Downloading CLIP weights {url} to {dest}", file=sys.stderr)
+    with urllib.request.urlopen(url, timeout=60) as source, open(dest, "wb") as output:
+        total = int(source.info().get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="iB", unit_scale=True, ncols=80, file=sys.stderr) as progress:
+            while True:
+                chunk = source.read(1 << 20)
+                if not chunk:
+                    break
+                output.write(chunk)
+                progress.update(len(chunk))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _how_to_provide(name: str, filename: str, folder: Path, url: str) -> str:
+    return (
+        f"To provide them: copy {filename} (OpenAI's release, {url}) into {folder}; "
+        f"or set {CLIP_DIR_ENV} to the folder that holds it (now: {_env_value(CLIP_DIR_ENV)}, "
+        f"default {DEFAULT_CLIP_DIR}); or pass the checkpoint file's path as MODEL.BACKBONE.NAME instead of "
+        f'"{name}". Downloads are {"off" if offline() else "on"} ({OFFLINE_ENV}={_env_value(OFFLINE_ENV)}).'
+    )
+
+
+def _env_value(variable: str) -> str:
+    value = os.environ.get(variable)
+    return "unset" if value is None else repr(value)
+
+
+def resolve_clip_weights(name: str) -> Path:
+    """The checkpoint file for ``MODEL.BACKBONE.NAME``: an OpenAI model name or a checkpoint path.
+
+    A model name is looked up first (as ``clip.load`` does) as clip's file name in :func:`clip_weights_dir`;
+    a file already there is trusted as is, an absent one is downloaded (SHA256-checked, written atomically)
+    unless offline. Anything else must be an existing file. Raises :class:`ClipWeightsNotFoundError`.
+    """
+    urls = clip_model_urls()
+    if name in urls:
+        return _resolve_model_name(name, urls[name])
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    raise ClipWeightsNotFoundError(
+        f'CLIP backbone "{name}" is neither an existing checkpoint file (looked for {path.absolute()}) '
+        f"nor an OpenAI CLIP model name. Valid names: {', '.join(urls)}. A checkpoint file may be a "
+        f"TorchScript archive or a state dict (fp16 or fp32)."
+    )
+
+
+def _resolve_model_name(name: str, url: str) -> Path:
+    folder = clip_weights_dir()
+    filename = os.path.basename(url)
+    target = folder / filename
+    if target.is_file():
+        return target
+    looked_for = f'CLIP weights for "{name}" not found: looked for {target} in {folder}.'
+    if offline():
+        raise ClipWeightsNotFoundError(
+            f"{looked_for} Downloading is off because {OFFLINE_ENV} is set. "
+            + _how_to_provide(name, filename, folder, url)
+        )
+
+    expected_sha256 = url.split("/")[-2]
+    temp_path = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A temp file in the same folder, then os.replace: an interrupted download never leaves a
+        # truncated file under the real name, which would later be trusted as complete.
+        handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        os.close(handle)
+        temp_path = Path(temp_name)
+        _download_file(url, temp_path)
+        actual_sha256 = _sha256(temp_path)
+        if actual_sha256 != expected_sha256:
+            raise ClipWeightsNotFoundError(
+                f"{looked_for} It was downloaded from {url}, but its SHA256 {actual_sha256} does not match "
+                f"the expected {expected_sha256} (a corrupted or intercepted download); nothing was kept. "
+                + _how_to_provide(name, filename, folder, url)
+            )
+        os.replace(temp_path, target)
+        temp_path = None
+    except ClipWeightsNotFoundError:
+        raise
+    except Exception as err:  # network, HTTP, disk or permission errors: all mean "no weights"
+        raise ClipWeightsNotFoundError(
+            f"{looked_for} Downloading it from {url} failed: {type(err).__name__}: {err}. "
+            + _how_to_provide(name, filename, folder, url)
+        ) from err
+    finally:
+        if temp_path is not None:
+            temp_path.unlink(missing_ok=True)
+    return target
+
+
+def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The CLIP state dict in ``path`` (on CPU, dtypes as stored).
+
+    Accepts a TorchScript archive (OpenAI's releases) or a ``torch.save``'d state dict, also one wrapped
+    under ``"state_dict"`` or ``"model"`` or saved from ``DataParallel`` (``module.`` prefixes).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ClipWeightsNotFoundError(f"CLIP checkpoint {path} does not exist (or is not a file)")
+    state = _load_torchscript_state(path)
+    if state is None:
+        try:
+            # weights_only: a checkpoint file may come from anywhere, so never unpickle arbitrary objects.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise InvalidClipCheckpointError(
+                f"{path} is not a CLIP checkpoint: it is neither a TorchScript archive nor a state dict that "
+                f"torch.load(weights_only=True) can read ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                f"Pass an OpenAI .pt file or a file written by torch.save(model.state_dict())."
+            ) from err
+    return _clip_state_from(state, path)
+
+
+def _load_torchscript_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The state dict of a TorchScript archive, or None when the file is not one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=DeprecationWarning)
+        try:
+            archive = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError):  # a state-dict zip lacks constants.pkl; other files aren't zips
+            return None
+    return dict(archive.state_dict())
+
+
+def _clip_state_from(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Unwrap and check a loaded object: it must be a mapping of CLIP parameter names to tensors."""
+    if not isinstance(loaded, Mapping):
+        raise InvalidClipCheckpointError(
+            f"{path} holds a {type(loaded).__name__}, not a CLIP state dict (a mapping of parameter names to tensors)"
+        )
+    state = loaded
+    for wrapper_key in ("state_dict", "model"):
+        if not _looks_like_clip(state) and isinstance(state.get(wrapper_key), Mapping):
+            state = state[wrapper_key]
+    if state and all(str(key).startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    missing = [key for key in _REQUIRED_KEYS if key not in state]
+    if missing:
+        sample = ", ".join(list(map(str, state))[:6]) or "nothing"
+        raise InvalidClipCheckpointError(
+            f"{path} has no CLIP weights: keys {', '.join(missing)} are missing (it holds {sample}"
+            f"{', ...' if len(state) > 6 else ''}). A prompt-learner checkpoint goes to MODEL.INIT_WEIGHTS or "
+            f"--model-dir, not MODEL.BACKBONE.NAME."
+        )
+    not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise InvalidClipCheckpointError(f"{path}: entries {', '.join(not_tensors[:6])} are not tensors")
+    return dict(state)
+
+
+def _looks_like_clip(state: Mapping) -> bool:
+    return all(key in state or f"module.{key}" in state for key in _REQUIRED_KEYS)
+
+
+def load_clip(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A ``clip.model.CLIP`` for ``MODEL.BACKBONE.NAME``, in eval mode on ``device``.
+
+    Built with clip's ``build_model``, so its weights are fp16 wherever OpenAI's are (as CoOp's
+    ``load_clip_to_cpu``); pass it to :func:`apply_precision` for the trainer's ``PREC``.
+    """
+    path = resolve_clip_weights(name)
+    state = load_clip_state_dict(path)
+    clip = import_clip()
+    try:
+        model = clip.model.build_model(state)
+    except (KeyError, RuntimeError, AssertionError, IndexError) as err:
+        raise InvalidClipCheckpointError(
+            f"{path} does not fit OpenAI's CLIP architecture ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
+    return model.eval().to(torch.device(device))
+
+
+_cache: OrderedDict[tuple, nn.Module] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def load_clip_cached(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """:func:`load_clip`, remembering the last few models by (file, its modification, device).
+
+    The model returned is shared between callers: don't change it in place (``apply_precision``,
+    ``.to``); copy it first when you must. Rewriting the file makes the next call load it afresh.
+    """
+    path = resolve_clip_weights(name).resolve()
+    stat = path.stat()
+    device = torch.device(device)
+    key = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, str(device))
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    model = load_clip(str(path), device)
+    with _cache_lock:
+        for stale in [k for k in _cache if k[0] == key[0] and k[4] == key[4]]:
+            del _cache[stale]  # an older version of the same file: it can never be asked for again
+        _cache[key] = model
+        while len(_cache) > CLIP_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return model
+
+
+def clear_clip_cache() -> None:
+    """Forget every model kept by :func:`load_clip_cached`."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def apply_precision(model: nn.Module, prec: str, device: str | torch.device | None = None) -> tuple[nn.Module, str]:
+    """Put ``model`` in the dtype for a trainer's ``PREC``; returns (model, the precision in effect).
+
+    ``fp16`` keeps OpenAI's half weights on accelerators but becomes fp32 on CPU (half matmuls there are
+    slow or unsupported), with a warning; ``fp32`` and ``amp`` use fp32 weights; ``bf16`` casts everything.
+    """
+    if prec not in PRECISIONS:
+        raise ValueError(f'precision "{prec}" is not one of {", ".join(PRECISIONS)}')
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    if prec == "fp16":
+        if device.type == "cpu":
+            warnings.warn("PREC fp16 is not supported on CPU; using fp32 instead", UserWarning, stacklevel=2)
+            return model.float(), "fp32"
+        import_clip().model.convert_weights(model)  # a no-op on a freshly built CLIP; undoes an earlier .float()
+        return model, "fp16"
+    if prec == "bf16":
+        return model.to(torch.bfloat16), "bf16"
+    return model.float(), prec
+
+
+def clip_input_resolution(model: nn.Module) -> int:
+    """Image side length the vision encoder expects (``INPUT.SIZE`` must match it)."""
+    return int(model.visual.input_resolution)
+
+
+def clip_text_width(model: nn.Module) -> int:
+    """Width of the text transformer (the size of a token embedding, i.e. of a learnable context vector)."""
+    return int(model.ln_final.weight.shape[0])
+
+
+def clip_embed_dim(model: nn.Module) -> int:
+    """Size of the joint image-text embedding (what encode_image/encode_text return)."""
+    return int(model.text_projection.shape[1])

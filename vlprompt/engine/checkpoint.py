@@ -1,0 +1,529 @@
+"""Checkpoint I/O: Dassl-format files, atomic writes, and safe loading of foreign checkpoints.
+
+Files are laid out exactly as Dassl 0.6.3 writes them (``model.pth.tar-<epoch>``, a ``checkpoint`` text
+file naming the latest one, ``model-best.pth.tar``), so CoOp-era tools and scripts keep working. Two
+things differ underneath:
+
+* every write goes to a hidden temporary file in the same folder, is fsynced, then renamed over the
+  final name, so a killed or out-of-space run never leaves a truncated checkpoint behind;
+* loading never runs code from the file. What we write is checked to load with
+  ``torch.load(weights_only=True)``; checkpoints written by the original Dassl, which pickle live
+  scheduler and optimiser objects, load through torch's restricted unpickler with those few classes
+  mapped to inert placeholders. Anything else is refused unless ``VLPROMPT_TRUST_CHECKPOINTS=1``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import os.path as osp
+import pickle
+import re
+import secrets
+import struct
+import tarfile
+import types
+import warnings
+from collections import Counter, OrderedDict
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+__all__ = [
+    "TRUST_ENV_VAR",
+    "CheckpointError",
+    "NotACheckpointError",
+    "PickledObject",
+    "PickledOptimizer",
+    "PickledScheduler",
+    "UnsafeCheckpointError",
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_weights_only_loadable",
+    "load_checkpoint",
+    "read_checkpoint_pointer",
+    "resume_checkpoint_path",
+    "save_checkpoint",
+]
+
+# Setting this to 1/true/yes lets load_checkpoint fall back to full pickle loading (arbitrary code).
+TRUST_ENV_VAR = "VLPROMPT_TRUST_CHECKPOINTS"
+POINTER_FILE = "checkpoint"
+BEST_FILE = "model-best.pth.tar"
+EPOCH_FILE_PREFIX = "model.pth.tar-"
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_DAMAGED_FILE_MARKERS = ("PytorchStreamReader", "zip archive", "unexpected EOF", "corrupt")
+_PICKLE_PROTO_OPCODE = 0x80
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be loaded as asked; the message names the file and the fix."""
+
+
+class NotACheckpointError(CheckpointError):
+    """The file is empty, truncated, or not something ``torch.save`` wrote."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file references Python globals that could run code when unpickled."""
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def _fsync_directory(directory: str) -> None:
+    """Make a rename durable; best effort because some platforms cannot open directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Run ``write`` on a temporary file beside ``path`` and rename it over ``path`` only once complete."""
+    path = os.fspath(path)
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Hidden and uniquely named so globs like "model.pth.tar-*" never see it and parallel writers
+    # do not collide. os.open with 0o666 lets the umask set the mode, as a plain open() would.
+    tmp_path = osp.join(directory, f".{osp.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException as err:
+        try:
+            os.remove(tmp_path)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            reason = err.strerror or str(err)
+            raise OSError(
+                err.errno, f"could not write {path} ({reason}); any previous file there is unchanged", path
+            ) from err
+        if isinstance(err, Exception) and hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"while writing {path}; any previous file there is unchanged")
+        raise
+    _fsync_directory(directory)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a torn one."""
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, fsync, rename)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_copy(src: str, dst: str) -> None:
+    def copy(handle: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            while chunk := source.read(1 << 20):
+                handle.write(chunk)
+
+    _atomic_write(dst, copy)
+
+
+# --------------------------------------------------------------------------- what weights_only can load
+# Types torch.load(weights_only=True) rebuilds without any allow-listing (torch 2.6+).
+_SCALAR_TYPES = (type(None), bool, int, float, complex, str, bytes, bytearray)
+_TORCH_VALUE_TYPES = (torch.Size, torch.dtype, torch.device, torch.layout)
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _user_safe_types() -> tuple[type, ...]:
+    """Classes the user allow-listed with ``torch.serialization.add_safe_globals``."""
+    found = []
+    for entry in getattr(torch.serialization, "get_safe_globals", list)():
+        obj = entry[0] if isinstance(entry, tuple) else entry
+        if isinstance(obj, type):
+            found.append(obj)
+    return tuple(found)
+
+
+def _describe_type(value: Any) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_weights_only_loadable(obj: Any, name: str = "state") -> None:
+    """Raise TypeError, naming the key path, if ``torch.load(weights_only=True)`` could not read ``obj`` back.
+
+    Catches the usual traps before anything is written: numpy scalars and arrays, live scheduler or
+    optimiser objects, ``defaultdict`` and namedtuples, which pickle as globals the safe loader refuses.
+    """
+    user_types = _user_safe_types()
+    seen: set[int] = set()
+
+    def visit(value: Any, where: str) -> None:
+        cls = type(value)
+        if cls in _SCALAR_TYPES or cls in _TORCH_VALUE_TYPES or cls in _TENSOR_TYPES:
+            return
+        if user_types and isinstance(value, user_types):
+            return
+        if cls in (dict, OrderedDict, Counter, list, tuple, set):
+            if id(value) in seen:  # shared or self-referencing containers are fine for pickle
+                return
+            seen.add(id(value))
+            if cls in (list, tuple, set):
+                for index, item in enumerate(value):
+                    visit(item, f"{where}[{index}]")
+            else:
+                for key, item in value.items():
+                    visit(key, f"{where} key {key!r}")
+                    visit(item, f"{where}[{key!r}]")
+            return
+        hint = ""
+        if hasattr(value, "state_dict"):
+            hint = " Store its state_dict() instead."
+        elif cls.__module__ == "numpy":
+            hint = " Convert it with .item()/.tolist() or torch.from_numpy()."
+        raise TypeError(
+            f"{where} is a {_describe_type(value)}, which torch.load(weights_only=True) refuses to load; "
+            "checkpoints may hold only tensors, numbers, strings, None and dict/list/tuple/set of them."
+            f"{hint}"
+        )
+
+    visit(obj, name)
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def save_checkpoint(
+    state: dict,
+    save_dir: str,
+    is_best: bool = False,
+    remove_module_from_keys: bool = True,
+    model_name: str = "",
+) -> str:
+    """Save ``state`` as Dassl does (same names, pointer file and messages), atomically; returns the path.
+
+    ``state`` holds ``state_dict``, ``epoch``, ``optimizer``, ``scheduler``, ``val_result`` and any extra
+    keys; it is checked first so the file always loads with ``weights_only=True``. The caller's dict is
+    not modified.
+    """
+    state = dict(state)
+    if remove_module_from_keys:
+        if "state_dict" not in state:
+            raise KeyError(f"save_checkpoint: state has no 'state_dict' key (keys: {sorted(state)})")
+        # (Distributed)DataParallel prefixes every name with "module."; checkpoints store bare names.
+        state["state_dict"] = OrderedDict(
+            (key.removeprefix("module."), value) for key, value in state["state_dict"].items()
+        )
+    check_weights_only_loadable(state)
+
+    if not model_name:
+        if "epoch" not in state:
+            raise KeyError(
+                f"save_checkpoint: state has no 'epoch' key to name the file (keys: {sorted(state)})"
+            )
+        model_name = f"{EPOCH_FILE_PREFIX}{state['epoch']}"
+    os.makedirs(save_dir, exist_ok=True)
+    fpath = osp.join(save_dir, model_name)
+    atomic_save(state, fpath)
+    print(f"Checkpoint saved to {fpath}")
+
+    # Written after the checkpoint, so it never points at a file that is not complete yet.
+    atomic_write_text(osp.join(save_dir, POINTER_FILE), f"{osp.basename(fpath)}\n")
+
+    if is_best:
+        best_fpath = osp.join(osp.dirname(fpath), BEST_FILE)
+        _atomic_copy(fpath, best_fpath)
+        print(f'Best checkpoint saved to "{best_fpath}"')
+    return fpath
+
+
+# -------------------------------------------------------------------------------- Dassl's pickled objects
+class PickledObject:
+    """Inert stand-in for an object a Dassl checkpoint pickled: its attributes, none of its code.
+
+    ``pickled_class`` is the original class path; the pickled attributes are set on the instance, so
+    ``successor.last_epoch`` or ``successor.optimizer.param_groups`` read as they would on the original.
+    """
+
+    pickled_class = ""
+
+    def __setstate__(self, state: Any) -> None:
+        # Mirrors pickle's default BUILD: a dict of attributes, optionally with a dict of slot values.
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        elif state is not None:
+            self.__dict__["pickled_state"] = state
+        if isinstance(slots, dict):
+            self.__dict__.update(slots)
+
+    def __repr__(self) -> str:
+        attributes = sorted(vars(self))
+        return f"<{type(self).__name__}: stand-in for {self.pickled_class}; attributes {attributes}>"
+
+
+class PickledScheduler(PickledObject):
+    """Stand-in for a pickled learning-rate scheduler."""
+
+    def state_dict(self) -> dict:
+        """The scheduler's attributes without its optimiser, as ``LRScheduler.state_dict`` returns them."""
+        return {key: value for key, value in vars(self).items() if key != "optimizer"}
+
+
+class PickledOptimizer(PickledObject):
+    """Stand-in for a pickled optimiser (``defaults``, ``state``, ``param_groups`` as attributes)."""
+
+
+_DASSL_SCHEDULERS = (
+    "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "torch.optim.lr_scheduler.StepLR",
+    "torch.optim.lr_scheduler.MultiStepLR",
+    "torch.optim.lr_scheduler.ExponentialLR",
+    "dassl.optim.lr_scheduler.ConstantWarmupScheduler",
+    "dassl.optim.lr_scheduler.LinearWarmupScheduler",
+)
+_DASSL_OPTIMIZERS = (
+    "torch.optim.sgd.SGD",
+    "torch.optim.adam.Adam",
+    "torch.optim.adamw.AdamW",
+    "torch.optim.rmsprop.RMSprop",
+    "torch.optim.radam.RAdam",
+    "dassl.optim.radam.RAdam",
+    "dassl.optim.radam.PlainRAdam",
+    "dassl.optim.radam.AdamW",
+)
+
+
+def _plain_dict(default_factory: Any = None) -> dict:
+    """Stand-in for ``collections.defaultdict`` (an optimiser's ``state``): a plain dict, factory dropped."""
+    return {}
+
+
+def _placeholder(base: type, path: str) -> type:
+    name = "Pickled" + path.rsplit(".", 1)[1]
+    return type(name, (base,), {"pickled_class": path, "__module__": __name__, "__qualname__": name})
+
+
+# (object, name-in-the-pickle) pairs handed to torch's restricted unpickler. Each name maps to one of
+# our classes, so the original constructors and __setstate__ never run; "builtins.dict" is only the
+# defaultdict factory.
+_DASSL_SAFE_GLOBALS: list[tuple[Callable, str]] = (
+    [(_placeholder(PickledScheduler, path), path) for path in _DASSL_SCHEDULERS]
+    + [(_placeholder(PickledOptimizer, path), path) for path in _DASSL_OPTIMIZERS]
+    + [(_plain_dict, "collections.defaultdict"), (dict, "builtins.dict")]
+)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _torch_version() -> tuple[int, int]:
+    major, minor = re.findall(r"\d+", torch.__version__)[:2]
+    return int(major), int(minor)
+
+
+# torch 2.6 lets safe_globals map a pickled name to another object; older torch gets _RestrictedUnpickler.
+_GLOBAL_ALIASES_SUPPORTED = _torch_version() >= (2, 6)
+
+
+def _trust_requested() -> bool:
+    return os.environ.get(TRUST_ENV_VAR, "").strip().lower() in ("1", "true", "yes")
+
+
+def _check_looks_like_checkpoint(fpath: str) -> None:
+    """Refuse, with a clear message, files that are empty or neither a zip archive nor a pickle."""
+    with open(fpath, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        raise NotACheckpointError(
+            f'"{fpath}" is empty (0 bytes), not a PyTorch checkpoint; it may be left from an interrupted copy'
+        )
+    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO_OPCODE:
+        return
+    if tarfile.is_tarfile(fpath):  # torch's oldest (pre-1.0) format
+        return
+    raise NotACheckpointError(
+        f'"{fpath}" is not a PyTorch checkpoint: it starts with {head!r}, '
+        "not with a torch.save zip archive or pickle"
+    )
+
+
+def _brief(err: BaseException) -> str:
+    """First sentence of an error, with its type: torch's zip errors run on for several lines."""
+    text = str(err).strip().split("\n")[0]
+    text = text.split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _offending_globals(fpath: str, message: str) -> list[str]:
+    """Names of the globals the safe loader refused: from the file itself, else from the error message."""
+    names: list[str] = []
+    if _GLOBAL_ALIASES_SUPPORTED:
+        try:
+            with torch.serialization.safe_globals(_DASSL_SAFE_GLOBALS):
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(fpath)
+        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError):
+            names = []  # legacy (non-zip) files cannot be scanned; fall back to the message
+    if names:
+        return sorted(names)
+    patterns = (r"GLOBAL (\S+) was not an allowed global", r"unsupported GLOBAL (\S+) whose module")
+    return [match.group(1) for pattern in patterns for match in re.finditer(pattern, message)]
+
+
+def _unpickler_reason(message: str) -> str:
+    """The unpickler's own complaint, without the advice torch wraps around it."""
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", message, re.DOTALL)
+    reason = match.group(1) if match and match.group(1) else message.strip().split("\n")[0]
+    return " ".join(reason.split())
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """For torch < 2.6, which cannot alias pickled names: torch's weights_only allow-list + our stand-ins."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+        path = f"{module}.{name}"
+        allowed = dict(torch._weights_only_unpickler._get_allowed_globals())
+        allowed.update({alias: obj for obj, alias in _DASSL_SAFE_GLOBALS})
+        if path in allowed:
+            return allowed[path]
+        raise pickle.UnpicklingError(
+            f"Unsupported global: GLOBAL {path} was not an allowed global by default."
+        )
+
+
+def _restricted_pickle_module() -> types.ModuleType:
+    module = types.ModuleType("vlprompt_restricted_pickle")
+    module.Unpickler = _RestrictedUnpickler
+    module.load = lambda file, **kwargs: _RestrictedUnpickler(file, **kwargs).load()
+    return module
+
+
+def _safe_load(fpath: str, map_location: Any) -> dict:
+    """``torch.load`` that cannot run code from the file: weights_only, with Dassl's classes as stand-ins."""
+    if _GLOBAL_ALIASES_SUPPORTED:
+        with torch.serialization.safe_globals(_DASSL_SAFE_GLOBALS):
+            return torch.load(fpath, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # Only Dassl-style files get here; the restricted unpickler knows nothing that could run code.
+        return torch.load(
+            fpath, map_location=map_location, pickle_module=_restricted_pickle_module(), weights_only=False
+        )
+
+
+def _load_trusted(fpath: str, map_location: Any, reason: str) -> dict:
+    warnings.warn(
+        f'Loading "{fpath}" with full pickle (weights_only=False) because {TRUST_ENV_VAR}=1 is set: '
+        f"{reason}. "
+        "This runs any code the file contains; do it only for files you trust.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return torch.load(fpath, map_location=map_location, weights_only=False)
+
+
+def load_checkpoint(fpath: str, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint without running code from it; tensors go to ``map_location`` (CPU by default).
+
+    Our files and plain state dicts load with ``weights_only=True``; files from the original Dassl load
+    the same way with their pickled scheduler/optimiser objects turned into :class:`PickledObject`
+    stand-ins. Other globals raise :class:`UnsafeCheckpointError` unless ``VLPROMPT_TRUST_CHECKPOINTS=1``.
+    """
+    if fpath is None:
+        raise ValueError("File path is None")
+    fpath = os.fspath(fpath)
+    if not osp.exists(fpath):
+        raise FileNotFoundError(errno.ENOENT, f'Checkpoint file is not found at "{fpath}"', fpath)
+    if osp.isdir(fpath):
+        raise NotACheckpointError(
+            f'"{fpath}" is a directory, not a checkpoint file; pass a file such as {EPOCH_FILE_PREFIX}<epoch>'
+        )
+    _check_looks_like_checkpoint(fpath)
+
+    try:
+        return _safe_load(fpath, map_location)
+    except pickle.UnpicklingError as err:
+        message = str(err)
+        offenders = _offending_globals(fpath, message)
+        if _trust_requested():
+            reason = f"it references {', '.join(offenders)}" if offenders else _unpickler_reason(message)
+            return _load_trusted(fpath, map_location, reason)
+        if offenders:
+            raise UnsafeCheckpointError(
+                f'Refusing to load "{fpath}": it references {", ".join(offenders)}, which could run code '
+                "when unpickled and is not one of the optimiser/scheduler classes Dassl checkpoints contain. "
+                f"If you trust this file, set {TRUST_ENV_VAR}=1 to load it unsafely on purpose."
+            ) from None
+        raise CheckpointError(
+            f'"{fpath}" could not be read by the safe (weights_only) loader: {_unpickler_reason(message)}. '
+            f"If you trust this file, set {TRUST_ENV_VAR}=1 to load it unsafely on purpose."
+        ) from None
+    except PermissionError:
+        raise
+    except (EOFError, OSError, ValueError, struct.error) as err:
+        raise NotACheckpointError(
+            f'"{fpath}" is not a readable PyTorch checkpoint (truncated or corrupt?): {_brief(err)}'
+        ) from err
+    except RuntimeError as err:
+        # The readers report a torn or damaged file as RuntimeError ("PytorchStreamReader failed ...",
+        # "unexpected EOF ..."); other RuntimeErrors (e.g. a CUDA map_location on a CPU machine) are
+        # not about the file and pass through unchanged.
+        if any(marker in str(err) for marker in _DAMAGED_FILE_MARKERS):
+            raise NotACheckpointError(
+                f'"{fpath}" is not a readable PyTorch checkpoint (truncated or corrupt?): {_brief(err)}'
+            ) from err
+        raise
+
+
+# --------------------------------------------------------------------------------------------- resuming
+def read_checkpoint_pointer(directory: str) -> str | None:
+    """The file name stored in ``directory/checkpoint`` (the latest save), or None if there is none."""
+    pointer = osp.join(directory, POINTER_FILE)
+    if not osp.isfile(pointer):
+        return None
+    with open(pointer, encoding="utf-8") as handle:
+        first_line = handle.readline().strip()
+    return first_line or None
+
+
+def _epoch_of(file_name: str) -> int | None:
+    suffix = file_name[len(EPOCH_FILE_PREFIX) :]
+    if file_name.startswith(EPOCH_FILE_PREFIX) and suffix.isdigit():
+        return int(suffix)
+    return None
+
+
+def resume_checkpoint_path(directory: str) -> str | None:
+    """Path of the checkpoint to resume from in ``directory``, or None when there is nothing to resume.
+
+    The ``checkpoint`` pointer wins; if it is missing or names a file that is gone, the highest
+    ``model.pth.tar-<epoch>`` is used (a run killed before its first pointer write still resumes).
+    """
+    if not osp.isdir(directory):
+        return None
+    pointed = read_checkpoint_pointer(directory)
+    if pointed:
+        path = osp.join(directory, pointed)
+        if osp.isfile(path):
+            return path
+    epochs = {
+        epoch: name
+        for name in os.listdir(directory)
+        if (epoch := _epoch_of(name)) is not None and osp.isfile(osp.join(directory, name))
+    }
+    if not epochs:
+        return None
+    return osp.join(directory, epochs[max(epochs)])

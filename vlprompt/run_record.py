@@ -1,0 +1,142 @@
+"""``run.json``: what a run was (method, data, protocol, seed, code) and what it scored.
+
+Written atomically next to ``log.txt`` when a run finishes, so a table never has to guess a run's
+protocol from its folder name, and a present ``run.json`` means the run is complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlprompt.engine.checkpoint import atomic_write_text
+from vlprompt.engine.config import config_hash
+
+RUN_RECORD = "run.json"
+SCHEMA_VERSION = 1
+IMAGENET_SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    import vlprompt
+
+    version = vlprompt.__version__
+    repo = Path(vlprompt.__file__).resolve().parent.parent
+    if (repo / ".git").exists():
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+                capture_output=True, text=True, timeout=5, check=True,
+            ).stdout.strip()
+            version += f"+g{commit}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return version
+
+
+def split_hash(dataset, root: str) -> str:
+    """A short hash of the samples (path relative to the data root, label) in every split."""
+    digest = hashlib.sha256()
+    root = os.path.abspath(os.path.expanduser(root)) if root else ""
+    for split in ("train_x", "val", "test"):
+        items: Iterable = getattr(dataset, split, None) or []
+        digest.update(split.encode())
+        for item in items:
+            path = os.path.relpath(item.impath, root) if root else item.impath
+            digest.update(f"{path}\t{item.label}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def infer_protocol(cfg, eval_only: bool, source_record: dict | None) -> str:
+    """The evaluation protocol a run belongs to, from its config and (for eval runs) the trained model's record."""
+    trainer = cfg.TRAINER.NAME
+    subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+    if trainer == "TPT":
+        return "tpt"
+    if trainer.startswith("ZeroshotCLIP"):
+        return "zeroshot"
+    if not eval_only:
+        if subsample == "base":
+            return "base2new_train"
+        return "few_shot" if cfg.DATASET.NUM_SHOTS > 0 else "full"
+    if subsample in ("base", "new"):
+        return f"base2new_test_{subsample}"
+    source = (source_record or {}).get("dataset")
+    if source and source != cfg.DATASET.NAME:
+        if source == "ImageNet" and cfg.DATASET.NAME in IMAGENET_SHIFTS:
+            return "domain_generalization"
+        return "cross_dataset"
+    return "eval"
+
+
+def is_deterministic(device: torch.device) -> bool:
+    """CPU runs are; CUDA runs only with deterministic algorithms on and cuDNN benchmarking off."""
+    if device.type != "cuda":
+        return True
+    return torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+
+
+def read_run_record(directory: str | Path) -> dict | None:
+    path = Path(directory) / RUN_RECORD
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoch: int | None,
+                     started: str, log_file: str | None) -> Path:
+    """Write ``OUTPUT_DIR/run.json`` for a finished run (atomically) and return its path."""
+    source_record = read_run_record(model_dir) if model_dir else None
+    record = {
+        "schema": SCHEMA_VERSION,
+        "status": "complete",
+        "trainer": cfg.TRAINER.NAME,
+        "dataset": cfg.DATASET.NAME,
+        "protocol": infer_protocol(cfg, eval_only, source_record),
+        "shots": cfg.DATASET.NUM_SHOTS,
+        "seed": cfg.SEED,
+        "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
+        "backbone": cfg.MODEL.BACKBONE.NAME,
+        "config_file_hash": config_hash(cfg),
+        "split_hash": split_hash(trainer.dm.dataset, cfg.DATASET.ROOT) if hasattr(trainer, "dm") else None,
+        "num_classes": getattr(trainer, "num_classes", None),
+        "eval_only": eval_only,
+        "model_dir": os.path.abspath(model_dir) if model_dir else None,
+        "source_dataset": (source_record or {}).get("dataset"),
+        "load_epoch": load_epoch,
+        "code_version": code_version(),
+        "deterministic": is_deterministic(trainer.device),
+        "device": str(trainer.device),
+        "started": started,
+        "finished": utc_now(),
+        "log_file": os.path.basename(log_file) if log_file else None,
+        "metrics": _plain(dict(trainer.test_results or {})),
+    }
+    path = Path(cfg.OUTPUT_DIR) / RUN_RECORD
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
