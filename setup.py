@@ -40,9 +40,10 @@ setup(
         "numpy",
         "pillow",
         "scipy",
+        "packaging",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        "test": ["pytest>=7", "ruff", "scikit-learn", "matplotlib"],
         "tables": ["matplotlib"],
         "linear-probe": ["scikit-learn"],
         "tensorboard": ["tensorboard"],
