@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os.path as osp
 
-from vlprompt.engine.data import DatasetBase, Datum
-from vlprompt.engine.registry import DATASET_REGISTRY
+from vlprompt.compat import DATASET_REGISTRY, DatasetBase, Datum
 from vlprompt.splits import dataset_root, fewshot_and_subsample, read_split, split_trainval, try_save_split
 
 

@@ -12,10 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import vlprompt.datasets
 from PIL import Image
 
-import vlprompt  # noqa: F401 - installs the torchvision shim before torch/torchvision imports
 from vlprompt.engine import data as engine_data
 from vlprompt.engine.config import get_cfg_default
 from vlprompt.engine.data import (

@@ -30,12 +30,18 @@ def result_block(text: str) -> dict[str, float]:
     return {k: float(v.replace(",", "")) for k, v in re.findall(r"\* (\w+): ([\d,.]+)", block)}
 
 
-@pytest.mark.parametrize("kind", ["vit", "rn"])
+@pytest.mark.parametrize("kind", ["vit", "rn", "rn_torchscript"])
 def test_zeroshot_clip_eval_only_prints_result_block_and_writes_log(pets_root, tiny_clip_files, tmp_path, capsys, kind):
+    if kind == "rn_torchscript":
+        from vlprompt.tiny_clip import save_tiny_clip
+
+        weights = save_tiny_clip(tmp_path / "tiny_rn_jit.pt", kind="rn", fmt="torchscript")
+    else:
+        weights = tiny_clip_files[kind]
     out = tmp_path / "zs"
     trainer = main(train_args(
         pets_root, out, "ZeroshotCLIP", "trainers/CoOp/rn50.yaml", "--eval-only",
-        "MODEL.BACKBONE.NAME", str(tiny_clip_files[kind]), *FAST,
+        "MODEL.BACKBONE.NAME", str(weights), *FAST,
     ))
     printed = capsys.readouterr().out
     assert "Loading trainer: ZeroshotCLIP" in printed

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from vlprompt.clip_backbone import apply_precision, load_clip
 
+from vlprompt.clip_backbone import apply_precision, load_clip
 from vlprompt.compat import TRAINER_REGISTRY, TrainerX
 from vlprompt.prompts import build_text_classifier
 from vlprompt.templates import dataset_template, ensemble_templates
@@ -21,8 +21,9 @@ class ZeroshotCLIP(TrainerX):
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        # CLIP's released weights are fp16; on CPU that is slow and partly unsupported, so fp32 there.
-        clip_model, _ = apply_precision(load_clip(cfg.MODEL.BACKBONE.NAME, device=self.device), "fp16", self.device)
+        # CLIP's released weights are fp16, as the reference runs them; on a CPU that is slow, so fp32 there.
+        prec = "fp16" if self.device.type == "cuda" else "fp32"
+        clip_model, _ = apply_precision(load_clip(cfg.MODEL.BACKBONE.NAME, device=self.device), prec, self.device)
         clip_model.requires_grad_(False)
         templates = self.templates()
         if len(templates) == 1:

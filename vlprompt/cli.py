@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vlprompt.engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
+from vlprompt.engine.config import extend_cfg, merge_from_file, merge_from_list
 from vlprompt.engine.logging import setup_logger, teardown_logger
 from vlprompt.engine.seeding import set_random_seed
 from vlprompt.run_record import utc_now, write_run_record
@@ -73,6 +73,8 @@ def register_plugins() -> None:
 
 def setup_cfg(args: argparse.Namespace):
     """Defaults → method keys → dataset yaml → method yaml → flags → ``KEY VALUE`` opts, then frozen."""
+    from vlprompt.compat import get_cfg_default
+
     register_plugins()
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace):
             trainer.test()
         elif not args.no_train:
             trainer.train()
-        if trainer.test_results is not None and cfg.OUTPUT_DIR:
+        if getattr(trainer, "test_results", None) is not None and cfg.OUTPUT_DIR:
             write_run_record(
                 cfg, trainer, eval_only=args.eval_only, model_dir=args.model_dir, load_epoch=args.load_epoch,
                 started=started, log_file=log_file,

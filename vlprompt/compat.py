@@ -1,16 +1,22 @@
 """The one place trainers and datasets import the engine from: built-in, or a real Dassl.
 
-``VLPROMPT_ENGINE`` selects it: ``builtin`` (default) or ``dassl``. With ``dassl`` our classes subclass
-Dassl's and register into Dassl's registries, so Dassl's ``build_trainer`` finds them; checkpoint
-loading, resume and the optimiser/scheduler builders stay ours (Dassl's crash on torch >= 2.7 and need
-``weights_only=False``), which :class:`vlprompt.engine.trainer.TrainerBase` methods provide.
+``VLPROMPT_ENGINE`` selects it: ``builtin`` (default) or ``dassl``. With ``dassl`` our trainers
+subclass Dassl's ``TrainerX`` and everything registers into Dassl's registries, so Dassl's
+``build_trainer`` and ``DataManager`` find them. Some parts stay ours in both modes because Dassl's
+break on current PyTorch or lose information: checkpoint saving/loading and resume (Dassl's loader
+needs ``weights_only=False``, its base ``load_model`` crashes on ``val_result=None``), ``test`` (it
+keeps the final metrics for the run record), the optimiser/scheduler builders (Dassl's warm-up
+scheduler crashes on torch >= 2.7), and ``Datum``/``DatasetBase``, which Dassl's data manager reads
+through the same attributes as its own.
 """
 
 from __future__ import annotations
 
 import os
 
+from vlprompt.engine import config as _config
 from vlprompt.engine import trainer as _builtin_trainer
+from vlprompt.engine.data import DatasetBase, Datum
 
 ENGINE_ENV = "VLPROMPT_ENGINE"
 
@@ -25,15 +31,14 @@ def selected_engine() -> str:
 
 ENGINE = selected_engine()
 
-# Methods taken from our engine even when the base class is Dassl's: safe checkpoint loading and exact
-# resume (Dassl's loader needs weights_only=False; its base load_model crashes on val_result=None).
-_OWN_METHODS = ("save_model", "resume_model_if_exist", "load_model", "_latest_checkpoint")
+# TrainerBase methods that replace Dassl's in plugin mode (see the module docstring).
+OWN_TRAINER_METHODS = ("save_model", "resume_model_if_exist", "load_model", "_latest_checkpoint", "test")
 
 if ENGINE == "dassl":
     try:
         import dassl.data.datasets as _dassl_datasets
         import dassl.engine as _dassl_engine
-        from dassl.config import get_cfg_default as _dassl_cfg_default  # noqa: F401 - checks the install
+        from dassl.config import get_cfg_default as _dassl_cfg_default
     except ImportError as err:
         raise ImportError(
             f"{ENGINE_ENV}=dassl but Dassl cannot be imported ({err}). Install Dassl.pytorch "
@@ -42,17 +47,35 @@ if ENGINE == "dassl":
 
     TRAINER_REGISTRY = _dassl_engine.TRAINER_REGISTRY
     DATASET_REGISTRY = _dassl_datasets.DATASET_REGISTRY
-    Datum = _dassl_datasets.Datum
-    DatasetBase = _dassl_datasets.DatasetBase
     build_trainer = _dassl_engine.build_trainer
     TrainerX = type(
         "TrainerX",
         (_dassl_engine.TrainerX,),
-        {name: getattr(_builtin_trainer.TrainerBase, name) for name in _OWN_METHODS},
+        {
+            "__doc__": "Dassl's TrainerX with vlprompt's checkpoint handling and test bookkeeping.",
+            "test_results": None,
+            **{name: getattr(_builtin_trainer.SimpleTrainer, name) for name in OWN_TRAINER_METHODS},
+        },
     )
+
+    def get_cfg_default():
+        """Dassl's defaults, plus the keys vlprompt adds to them (e.g. DATASET.SUBSAMPLE_CLASSES)."""
+        cfg = _dassl_cfg_default()
+        _config.add_missing_keys(cfg, _config.get_cfg_default())
+        return cfg
 else:
-    from vlprompt.engine.data import DatasetBase, Datum
     from vlprompt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
     from vlprompt.engine.trainer import TrainerX, build_trainer
 
-__all__ = ["DATASET_REGISTRY", "ENGINE", "TRAINER_REGISTRY", "DatasetBase", "Datum", "TrainerX", "build_trainer"]
+    get_cfg_default = _config.get_cfg_default
+
+__all__ = [
+    "DATASET_REGISTRY",
+    "ENGINE",
+    "TRAINER_REGISTRY",
+    "DatasetBase",
+    "Datum",
+    "TrainerX",
+    "build_trainer",
+    "get_cfg_default",
+]

@@ -27,6 +27,7 @@ __all__ = [
     "CfgNode",
     "ConfigError",
     "ConfigFileNotFoundError",
+    "add_missing_keys",
     "config_hash",
     "extend_cfg",
     "get_cfg_default",
@@ -187,6 +188,19 @@ def get_cfg_default() -> CfgNode:
     """A fresh, mutable config holding Dassl 0.6.3's defaults (plus ``DATASET.SUBSAMPLE_CLASSES`` and
     ``DATALOADER.SKIP_CORRUPT_IMAGES``); method keys are added afterwards by ``extend_cfg``."""
     return CfgNode(copy.deepcopy(_DEFAULTS))
+
+
+def add_missing_keys(cfg: CfgNode, defaults: CfgNode) -> CfgNode:
+    """Copy into ``cfg`` every key of ``defaults`` it lacks (recursively); existing values are kept.
+
+    Used in Dassl plugin mode, where Dassl's own defaults lack the few keys vlprompt adds.
+    """
+    for name, value in defaults.items():
+        if name not in cfg:
+            cfg[name] = copy.deepcopy(value)
+        elif isinstance(value, CfgNode) and isinstance(cfg[name], CfgNode):
+            add_missing_keys(cfg[name], value)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------

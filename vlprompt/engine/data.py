@@ -763,14 +763,14 @@ def build_data_loader(
     )
 
 
-def build_dataset(cfg) -> DatasetBase:
-    """The dataset registered as ``DATASET.NAME``, built from ``cfg``."""
+def build_dataset(cfg, registry=DATASET_REGISTRY) -> DatasetBase:
+    """The dataset registered as ``DATASET.NAME`` in ``registry``, built from ``cfg``."""
     if not cfg.DATASET.NAME:
         raise ValueError("DATASET.NAME is empty; pass --dataset-config-file configs/datasets/<name>.yaml")
     # Importing the bundled datasets registers them; a plugin's own datasets register on import too.
     import vlprompt.datasets  # noqa: F401
 
-    dataset_cls = DATASET_REGISTRY.get(cfg.DATASET.NAME)
+    dataset_cls = registry.get(cfg.DATASET.NAME)
     if cfg.VERBOSE:
         print(f"Loading dataset: {cfg.DATASET.NAME}")
     return dataset_cls(cfg)
@@ -783,8 +783,10 @@ class DataManager:
     ``train_loader_u`` only exists with ``train_u``; ``val_loader`` only with a non-empty ``val``.
     """
 
+    dataset_registry = DATASET_REGISTRY  # where DATASET.NAME is looked up
+
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None) -> None:
-        dataset = build_dataset(cfg)
+        dataset = build_dataset(cfg, self.dataset_registry)
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)

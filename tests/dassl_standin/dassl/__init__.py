@@ -1,0 +1,1 @@
+"""Test stand-in for Dassl (see ../README.md)."""
