@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from collections.abc import Sequence
 
 import torch
 
+from vlprompt.engine import distributed
 from vlprompt.engine.config import extend_cfg, merge_from_file, merge_from_list
 from vlprompt.engine.logging import setup_logger, teardown_logger
 from vlprompt.engine.seeding import set_random_seed
@@ -126,11 +128,14 @@ def run(args: argparse.Namespace):
     from vlprompt.compat import build_trainer
 
     cfg = setup_cfg(args)
+    running_distributed = distributed.init_distributed(cfg.USE_CUDA)
+    if not distributed.is_main_process():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints and logs
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
     started = utc_now()
-    log_file = setup_logger(cfg.OUTPUT_DIR)
+    log_file = setup_logger(cfg.OUTPUT_DIR) if distributed.is_main_process() else None
     try:
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
@@ -143,7 +148,7 @@ def run(args: argparse.Namespace):
             trainer.test()
         elif not args.no_train:
             trainer.train()
-        if getattr(trainer, "test_results", None) is not None and cfg.OUTPUT_DIR:
+        if getattr(trainer, "test_results", None) is not None and cfg.OUTPUT_DIR and distributed.is_main_process():
             write_run_record(
                 cfg, trainer, eval_only=args.eval_only, model_dir=args.model_dir, load_epoch=args.load_epoch,
                 started=started, log_file=log_file,
@@ -151,6 +156,11 @@ def run(args: argparse.Namespace):
         return trainer
     finally:
         teardown_logger()
+        if running_distributed:
+            distributed.shutdown_distributed()
+            if not distributed.is_main_process():
+                sys.stdout.close()
+                sys.stdout = sys.__stdout__
 
 
 def main(argv: Sequence[str] | None = None):

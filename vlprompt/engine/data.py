@@ -25,9 +25,10 @@ from typing import Any, Callable, ClassVar
 import torch
 from PIL import Image
 from tabulate import tabulate
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 from torch.utils.data import Dataset as TorchDataset
 
+from vlprompt.engine import distributed
 from vlprompt.engine.registry import DATASET_REGISTRY
 
 # ------------------------------------------------------------------------------------------- Datum
@@ -753,14 +754,39 @@ def build_data_loader(
     if not data_source:
         raise ValueError("build_data_loader got an empty data_source; check the dataset split and NUM_SHOTS")
     wrapper_cls = DatasetWrapper if dataset_wrapper is None else dataset_wrapper
+    wrapper = wrapper_cls(cfg, data_source, transform=tfm, is_train=is_train)
+    num_items = len(data_source)
+    if is_train and distributed.is_distributed():
+        sampler, batch_size, num_items = _distributed_sampler(cfg, sampler_type, wrapper, batch_size)
+    else:
+        sampler = build_sampler(sampler_type, data_source)
     return DataLoader(
-        wrapper_cls(cfg, data_source, transform=tfm, is_train=is_train),
+        wrapper,
         batch_size=batch_size,
-        sampler=build_sampler(sampler_type, data_source),
+        sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=is_train and num_items >= batch_size,
         pin_memory=torch.cuda.is_available() and bool(_cfg_get(cfg, "USE_CUDA", True)),
     )
+
+
+def _distributed_sampler(cfg, sampler_type: str, wrapper, batch_size: int):
+    """This rank's share of the training data: (sampler, per-rank batch size, items per rank).
+
+    The configured batch size stays the global one, split evenly across ranks; the order is a
+    permutation seeded by ``SEED`` and the epoch (``set_epoch``), the same on every rank.
+    """
+    world = distributed.world_size()
+    if batch_size % world:
+        raise ValueError(
+            f"DATALOADER.TRAIN_X.BATCH_SIZE {batch_size} is the global batch and must divide evenly across "
+            f"{world} processes; use a multiple of {world}"
+        )
+    sampler = DistributedSampler(
+        wrapper, num_replicas=world, rank=distributed.rank(), shuffle=sampler_type == "RandomSampler",
+        seed=max(int(cfg.SEED), 0),
+    )
+    return sampler, batch_size // world, sampler.num_samples
 
 
 def build_dataset(cfg, registry=DATASET_REGISTRY) -> DatasetBase:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vlprompt.engine import distributed
 from vlprompt.engine.checkpoint import atomic_save, load_checkpoint, read_checkpoint_pointer, save_checkpoint
 from vlprompt.engine.data import DataManager
 from vlprompt.engine.evaluation import build_evaluator
@@ -80,6 +81,8 @@ class TrainerBase:
         model_name: str = "",
     ) -> None:
         """One Dassl-format checkpoint per registered model, plus the RNG state for an exact resume."""
+        if not distributed.is_main_process():
+            return
         rng_state = capture_rng_state()
         for name in self.get_model_names():
             optim = self._optims[name]
@@ -265,6 +268,7 @@ class SimpleTrainer(TrainerBase):
         self.test_results: OrderedDict | None = None
         self.build_data_loader()
         self.build_model()
+        self.wrap_distributed()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 
@@ -282,6 +286,16 @@ class SimpleTrainer(TrainerBase):
         self.lab2cname = dm.lab2cname
         self.dm = dm
 
+    def wrap_distributed(self) -> None:
+        """Under torchrun, wrap ``self.model`` in DistributedDataParallel so gradients are averaged."""
+        model = getattr(self, "model", None)
+        if distributed.world_size() <= 1 or model is None:
+            return
+        if not any(p.requires_grad for p in model.parameters()):
+            return  # nothing to synchronise (zero-shot and other frozen models)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
     def build_model(self) -> None:
         raise NotImplementedError(
             f"{type(self).__name__} must implement build_model() and register its trainable parts"
@@ -293,9 +307,10 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        os.makedirs(writer_dir, exist_ok=True)
-        self.init_writer(writer_dir)
+        if distributed.is_main_process():
+            writer_dir = osp.join(self.output_dir, "tensorboard")
+            os.makedirs(writer_dir, exist_ok=True)
+            self.init_writer(writer_dir)
         self.time_start = time.time()
 
     def after_train(self) -> None:
@@ -328,6 +343,8 @@ class SimpleTrainer(TrainerBase):
             self.save_model(self.epoch, self.output_dir, model_name=RESUME_FILE)
 
     def _remove_resume_points(self) -> None:
+        if not distributed.is_main_process():
+            return
         for name in self.get_model_names():
             path = osp.join(self.output_dir, name, RESUME_FILE)
             if osp.isfile(path):
@@ -376,6 +393,8 @@ class TrainerX(SimpleTrainer):
         batch_time = AverageMeter()
         data_time = AverageMeter()
         self.num_batches = len(self.train_loader_x)
+        if hasattr(self.train_loader_x.sampler, "set_epoch"):
+            self.train_loader_x.sampler.set_epoch(self.epoch)  # a new permutation per epoch, same on all ranks
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
         for self.batch_idx, batch in enumerate(self.train_loader_x):
