@@ -123,11 +123,28 @@ def env_info() -> str:
     return "\n".join(lines)
 
 
+def check_output_dir(path: str) -> None:
+    """Fail before any work when OUTPUT_DIR cannot be written (not after hours of training)."""
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".vlprompt-write-test-{os.getpid()}")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"OUTPUT_DIR {path!r} is not writable ({err.strerror or err}); pass another --output-dir"
+        ) from err
+
+
 def run(args: argparse.Namespace):
     """Build the trainer for ``args`` and train or evaluate it; returns the trainer."""
     from vlprompt.compat import build_trainer
 
     cfg = setup_cfg(args)
+    check_output_dir(cfg.OUTPUT_DIR)
     running_distributed = distributed.init_distributed(cfg.USE_CUDA)
     if not distributed.is_main_process():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints and logs

@@ -26,7 +26,13 @@ def dataset_root(cfg) -> str:
     """``DATASET.ROOT`` as an absolute path (``~`` expanded)."""
     if not cfg.DATASET.ROOT:
         raise ValueError("DATASET.ROOT is empty; pass --root /path/to/datasets (the folder holding each dataset)")
-    return osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+    root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
+    if not osp.isdir(root):
+        raise FileNotFoundError(
+            f'DATASET.ROOT "{root}" does not exist; pass --root the folder that holds the datasets '
+            "(see DATASETS.md; python -m vlprompt.check_data --root DIR checks a layout)"
+        )
+    return root
 
 
 def listdir_nohidden(path: str, sort: bool = True) -> list[str]:

@@ -9,6 +9,7 @@ every epoch; and ``--seed 0`` is a seed like any other.
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import os.path as osp
 import time
@@ -54,6 +55,7 @@ class TrainerBase:
         self._optims: OrderedDict[str, Any] = OrderedDict()
         self._scheds: OrderedDict[str, Any] = OrderedDict()
         self._writer: TensorboardWriter | None = None
+        self.last_checkpoint: str | None = None  # the newest file save_model wrote (named on a NaN stop)
 
     def register_model(self, name: str = "model", model: nn.Module | None = None, optim=None, sched=None) -> None:
         """Make ``model`` (with its optimiser and scheduler) part of checkpoints and mode switches."""
@@ -98,9 +100,12 @@ class TrainerBase:
             if model_name == RESUME_FILE:
                 # A resume point is not a result: no message, and the `checkpoint` pointer is left alone.
                 os.makedirs(osp.join(directory, name), exist_ok=True)
-                atomic_save(state, osp.join(directory, name, RESUME_FILE))
+                self.last_checkpoint = osp.join(directory, name, RESUME_FILE)
+                atomic_save(state, self.last_checkpoint)
             else:
-                save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+                self.last_checkpoint = save_checkpoint(
+                    state, osp.join(directory, name), is_best=is_best, model_name=model_name
+                )
 
     def _latest_checkpoint(self, directory: str, name: str) -> str | None:
         """The newest resumable file of model ``name``: the pointed-to checkpoint or the resume point."""
@@ -121,6 +126,10 @@ class TrainerBase:
     def resume_model_if_exist(self, directory: str) -> int:
         """Restore models, optimisers, schedulers and RNG from ``directory``; returns the start epoch."""
         names = self.get_model_names()
+        for name in names:
+            # Temporary files of a writer that was killed mid-write; the complete files are untouched.
+            for stale in glob.glob(osp.join(directory, name, ".*.tmp")):
+                os.remove(stale)
         paths = {name: self._latest_checkpoint(directory, name) for name in names}
         if not names or any(path is None for path in paths.values()):
             print("No checkpoint found, train from scratch")
@@ -177,8 +186,22 @@ class TrainerBase:
                 self._scheds[name].step()
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+        """Stop on a non-finite loss, saying where it happened and what to resume from."""
+        if torch.isfinite(loss).all():
+            return
+        epoch, batch = getattr(self, "epoch", 0), getattr(self, "batch_idx", 0)
+        num_batches = getattr(self, "num_batches", 0) or 0
+        last_good = getattr(self, "last_checkpoint", None)
+        where = f"epoch {epoch + 1}, batch {batch + 1} (step {epoch * num_batches + batch + 1})"
+        saved = (
+            f"the last good checkpoint is {last_good}"
+            if last_good
+            else "no checkpoint was saved before it (the run stopped in its first epoch)"
+        )
+        raise FloatingPointError(
+            f"Loss is infinite or NaN! ({loss.detach().float().flatten()[0].item()}) at {where}; {saved}. "
+            "Lower OPTIM.LR or use TRAINER.<METHOD>.PREC fp32, then resume with the same command."
+        )
 
     def init_writer(self, log_dir: str) -> None:
         if self._writer is None:
