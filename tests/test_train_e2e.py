@@ -54,6 +54,7 @@ def test_zeroshot_clip_eval_only_prints_result_block_and_writes_log(pets_root, t
     assert "=> result" in log and "** Config **" in log
     record = json.loads((out / "run.json").read_text())
     assert record["trainer"] == "ZeroshotCLIP" and record["protocol"] == "zeroshot"
+    assert record["deterministic"] is True and record["device"] == "cpu"
     assert record["metrics"]["accuracy"] == pytest.approx(trainer.test_results["accuracy"])
 
 
