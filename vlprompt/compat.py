@@ -32,7 +32,10 @@ def selected_engine() -> str:
 ENGINE = selected_engine()
 
 # TrainerBase methods that replace Dassl's in plugin mode (see the module docstring).
-OWN_TRAINER_METHODS = ("save_model", "resume_model_if_exist", "load_model", "_latest_checkpoint", "test")
+OWN_TRAINER_METHODS = (
+    "save_model", "resume_model_if_exist", "load_model", "_latest_checkpoint", "test",
+    "checkpoint_extras", "restore_checkpoint_extras",
+)
 
 if ENGINE == "dassl":
     try:

@@ -28,8 +28,12 @@ def last_saved_epoch(model_dir: str | Path) -> int | None:
 
 def config_max_epoch(config_file: str | Path) -> int | None:
     """``OPTIM.MAX_EPOCH`` set in a yaml file, or None when the file does not set it."""
-    data = yaml.safe_load(Path(config_file).read_text()) or {}
-    return (data.get("OPTIM") or {}).get("MAX_EPOCH")
+    path = Path(config_file)
+    data = yaml.safe_load(path.read_text()) or {}
+    epoch = (data.get("OPTIM") or {}).get("MAX_EPOCH")
+    if epoch is None and data.get("_BASE_"):
+        return config_max_epoch(path.parent / data["_BASE_"])
+    return epoch
 
 
 def main(argv: list[str]) -> int:

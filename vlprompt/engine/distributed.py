@@ -55,3 +55,8 @@ def shutdown_distributed() -> None:
     """Leave the process group (no barrier: after a failure on one rank, a barrier would hang)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a (Distributed)DataParallel wrapper, or ``model`` itself."""
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model

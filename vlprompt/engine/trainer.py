@@ -96,6 +96,7 @@ class TrainerBase:
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
                 "rng_state": rng_state,
+                **self.checkpoint_extras(name),
             }
             if model_name == RESUME_FILE:
                 # A resume point is not a result: no message, and the `checkpoint` pointer is left alone.
@@ -106,6 +107,14 @@ class TrainerBase:
                 self.last_checkpoint = save_checkpoint(
                     state, osp.join(directory, name), is_best=is_best, model_name=model_name
                 )
+
+    def checkpoint_extras(self, name: str) -> dict:
+        """Extra top-level checkpoint entries of model ``name`` (method state beyond its weights, such
+        as a feature memory); plain values and tensors only. The original code ignores unknown keys."""
+        return {}
+
+    def restore_checkpoint_extras(self, name: str, checkpoint: dict) -> None:
+        """Inverse of :meth:`checkpoint_extras`, called when a run resumes."""
 
     def _latest_checkpoint(self, directory: str, name: str) -> str | None:
         """The newest resumable file of model ``name``: the pointed-to checkpoint or the resume point."""
@@ -147,6 +156,7 @@ class TrainerBase:
             if self._scheds[name] is not None and checkpoint.get("scheduler"):
                 self._scheds[name].load_state_dict(checkpoint["scheduler"])
                 print("Loaded scheduler")
+            self.restore_checkpoint_extras(name, checkpoint)
             start_epoch = checkpoint["epoch"]
             rng_state = checkpoint.get("rng_state", rng_state)
             print(f"Previous epoch: {start_epoch}")

@@ -1,0 +1,197 @@
+"""GenPT: the InfoNCE view term, class-wise mixing, equivalence to CoOp with both terms off, learning,
+checkpoints, ablation switches and the base-to-novel scripts."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT, train_args
+
+from vlprompt.cli import build_parser, main, setup_cfg
+from vlprompt.compat import build_trainer
+from vlprompt.engine.checkpoint import load_checkpoint
+from vlprompt.trainers.genpt import ClassFeatureMemory, GenPT, view_infonce
+
+
+def genpt_args(root, out, backbone, *extra, epochs=2, flags=()):
+    return train_args(
+        root, out, "GenPT", "trainers/GenPT/vit_b16_c4_ep10_batch4_ctxv1.yaml", "--seed", "1", *flags,
+        "MODEL.BACKBONE.NAME", backbone, "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "4",
+        "DATALOADER.NUM_WORKERS", "0", "TRAINER.GENPT.PREC", "fp32", "OPTIM.LR", "0.05", *extra,
+    )
+
+
+# ------------------------------------------------------------------------------------------ the MI term
+def test_view_infonce_equals_direct_computation():
+    torch.manual_seed(0)
+    soft = F.normalize(torch.randn(6, 8), dim=-1)
+    hand = F.normalize(torch.randn(6, 8), dim=-1)
+    tau = 0.07
+    total = 0.0
+    for c in range(6):
+        s_row = [float(soft[c] @ hand[k]) / tau for k in range(6)]
+        h_row = [float(hand[c] @ soft[k]) / tau for k in range(6)]
+        total -= s_row[c] - math.log(sum(math.exp(v) for v in s_row))
+        total -= h_row[c] - math.log(sum(math.exp(v) for v in h_row))
+    assert view_infonce(soft, hand, tau).item() == pytest.approx(total / 12, rel=1e-5)
+
+
+def test_view_infonce_is_lowest_when_views_align_class_by_class():
+    torch.manual_seed(1)
+    hand = F.normalize(torch.randn(10, 16), dim=-1)
+    aligned = view_infonce(hand, hand, 0.07)
+    shuffled = view_infonce(hand[torch.randperm(10)], hand, 0.07)
+    noisy = view_infonce(F.normalize(hand + 0.5 * torch.randn(10, 16), dim=-1), hand, 0.07)
+    assert aligned < noisy < shuffled
+    assert math.log(10) - aligned.item() <= math.log(10)  # the MI estimate is bounded by log C
+    assert math.log(10) - aligned.item() > 0.9 * math.log(10)
+
+
+# ------------------------------------------------------------------------------------- class-wise mixing
+def bare_genpt(mode="intra_class_mixup", num_classes=4, dim=8):
+    """A GenPT with just the state the mixing code uses (no CLIP, no data)."""
+    from yacs.config import CfgNode
+
+    trainer = object.__new__(GenPT)
+    trainer.cfg = CfgNode({"TRAINER": {"GENPT": {"AUG_MODE": mode, "AUG_ALPHA": 1.0}}})
+    trainer.memory = ClassFeatureMemory(num_classes, 3, dim, torch.device("cpu"))
+    trainer.mix_generator = torch.Generator().manual_seed(0)
+    return trainer
+
+
+def test_intra_class_mixup_keeps_labels_and_mixes_only_within_a_class():
+    trainer = bare_genpt()
+    features = F.normalize(torch.randn(6, 8), dim=-1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2])
+    trainer.memory.update(F.normalize(torch.randn(1, 8), dim=-1), torch.tensor([2]))
+    partners, mask = trainer.intra_class_partners(features, labels)
+    assert mask.tolist() == [True] * 6
+    for i, label in enumerate(labels.tolist()):
+        same_class_batch = [features[j] for j in range(6) if labels[j] == label and j != i]
+        candidates = same_class_batch or [trainer.memory.features[label, 0]]
+        assert any(torch.equal(partners[i], c) for c in candidates)
+    mixed, (label_a, label_b, _), _ = trainer.augmented_features(None, features, labels)
+    assert torch.equal(label_a, labels) and torch.equal(label_b, labels)
+    assert torch.allclose(mixed.norm(dim=-1), torch.ones(6))
+
+
+def test_a_class_seen_once_takes_its_partner_from_the_memory():
+    trainer = bare_genpt()
+    features = F.normalize(torch.randn(2, 8), dim=-1)
+    labels = torch.tensor([1, 3])
+    _, mask = trainer.intra_class_partners(features, labels)
+    assert mask.tolist() == [False, False]  # empty memory, no same-class sample in the batch
+    remembered = F.normalize(torch.randn(1, 8), dim=-1)
+    trainer.memory.update(remembered, torch.tensor([3]))
+    partners, mask = trainer.intra_class_partners(features, labels)
+    assert mask.tolist() == [False, True]
+    assert torch.equal(partners[1], remembered[0])
+
+
+def test_memory_keeps_the_last_features_per_class():
+    memory = ClassFeatureMemory(2, 2, 3, torch.device("cpu"))
+    for value in (1.0, 2.0, 3.0):
+        memory.update(torch.full((1, 3), value), torch.tensor([0]))
+    assert sorted(memory.features[0, :, 0].tolist()) == [2.0, 3.0]
+    assert memory.sample(1, torch.Generator()) is None
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_with_both_terms_off_genpt_updates_equal_coops(pets_root, tiny_vit, tmp_path):
+    genpt = main(genpt_args(pets_root, tmp_path / "genpt", tiny_vit, "TRAINER.GENPT.LAMBDA_MI", "0.0",
+                            "TRAINER.GENPT.LAMBDA_AUG", "0.0"))
+    coop = main(train_args(
+        pets_root, tmp_path / "coop", "CoOp", "trainers/GenPT/vit_b16_c4_ep10_batch4_ctxv1.yaml", "--seed", "1",
+        "MODEL.BACKBONE.NAME", tiny_vit, "OPTIM.MAX_EPOCH", "2", "DATASET.NUM_SHOTS", "4",
+        "DATALOADER.NUM_WORKERS", "0", "OPTIM.LR", "0.05", "TRAINER.COOP.N_CTX", "4",
+        "TRAINER.COOP.CTX_INIT", "a photo of a", "TRAINER.COOP.PREC", "fp32",
+    ))
+    ctx_genpt = load_checkpoint(str(tmp_path / "genpt" / "prompt_learner" / "model.pth.tar-2"))["state_dict"]["ctx"]
+    ctx_coop = load_checkpoint(str(tmp_path / "coop" / "prompt_learner" / "model.pth.tar-2"))["state_dict"]["ctx"]
+    assert torch.allclose(ctx_genpt, ctx_coop, atol=1e-6)
+    from vlprompt.clip_backbone import load_clip
+    from vlprompt.prompts import tokenize
+
+    clip_model = load_clip(tiny_vit).float()
+    initial = clip_model.token_embedding(tokenize("a photo of a"))[0, 1:5]
+    assert (ctx_genpt - initial).abs().max() > 1e-3  # it did train
+    assert genpt.test_results["accuracy"] == coop.test_results["accuracy"]
+
+
+def test_training_lowers_every_loss_term(pets_root, tiny_vit, tmp_path):
+    cfg = setup_cfg(build_parser().parse_args(genpt_args(pets_root, tmp_path, tiny_vit, epochs=50)))
+    trainer = build_trainer(cfg)
+    batch = next(iter(trainer.train_loader_x))
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    for group in trainer.optim.param_groups:
+        group["lr"] = 0.05
+    history = [trainer.forward_backward(batch) for _ in range(24)]
+    for term in ("loss_ce", "loss_mi", "loss_aug", "loss"):
+        first = sum(h[term] for h in history[:4]) / 4
+        last = sum(h[term] for h in history[-4:]) / 4
+        assert last < first, (term, first, last)
+    assert history[-1]["mi"] > history[0]["mi"]
+
+
+def test_checkpoint_is_coops_plus_genpt_state_and_eval_reproduces(pets_root, tiny_vit, tmp_path, capsys):
+    out = tmp_path / "train"
+    trainer = main(genpt_args(pets_root, out, tiny_vit, "TRAIN.PRINT_FREQ", "1"))
+    printed = capsys.readouterr().out
+    assert all(f" {term} " in printed for term in ("loss_ce", "loss_mi", "mi", "loss_aug"))
+    checkpoint = load_checkpoint(str(out / "prompt_learner" / "model.pth.tar-2"))
+    assert list(checkpoint["state_dict"]) == ["ctx", "token_prefix", "token_suffix"]
+    assert checkpoint["genpt"]["templates"] == ["a photo of a {}, a type of pet."]
+    assert int(checkpoint["genpt"]["memory"]["count"].sum()) > 0
+    torch.load(out / "prompt_learner" / "model.pth.tar-2", weights_only=True)  # no pickled objects
+
+    evaluated = main(genpt_args(pets_root, tmp_path / "eval", tiny_vit,
+                                flags=("--eval-only", "--model-dir", str(out), "--load-epoch", "2")))
+    assert evaluated.test_results["accuracy"] == trainer.test_results["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("opts", "present", "absent"),
+    [
+        (("TRAINER.GENPT.LAMBDA_MI", "0.0"), {"loss_aug"}, {"loss_mi", "mi"}),
+        (("TRAINER.GENPT.AUG_MODE", "none"), {"loss_mi"}, {"loss_aug"}),
+        (("TRAINER.GENPT.AUG_MODE", "inter_class_mixup"), {"loss_mi", "loss_aug"}, set()),
+        (("TRAINER.GENPT.AUG_MODE", "pixel_mixup"), {"loss_mi", "loss_aug"}, set()),
+        (("TRAINER.GENPT.TEMPLATE_SET", "ensemble", "TRAINER.GENPT.FUSION_ALPHA", "0.5"), {"loss_mi"}, set()),
+    ],
+)
+def test_ablation_switches(pets_root, tiny_vit, tmp_path, opts, present, absent):
+    cfg = setup_cfg(build_parser().parse_args(genpt_args(pets_root, tmp_path, tiny_vit, *opts)))
+    trainer = build_trainer(cfg)
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    summary = trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    assert present <= set(summary) and not absent & set(summary)
+    assert all(math.isfinite(v) for v in summary.values())
+
+
+def test_custom_templates_must_have_a_placeholder(pets_root, tiny_vit, tmp_path):
+    args = genpt_args(pets_root, tmp_path, tiny_vit, "TRAINER.GENPT.TEMPLATE_SET", "custom",
+                      "TRAINER.GENPT.TEMPLATES", "['a photo']")
+    with pytest.raises(ValueError, match="TRAINER.GENPT.TEMPLATES"):
+        main(args)
+
+
+def test_base2new_scripts_train_and_test_end_to_end(pets_root, tiny_vit, tmp_path):
+    env = {**os.environ, "DATA": pets_root, "PYTHON": sys.executable, "OUTPUT_ROOT": str(tmp_path / "output")}
+    opts = ["MODEL.BACKBONE.NAME", tiny_vit, "OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0",
+            "TRAINER.GENPT.PREC", "fp32", "DATASET.NUM_SHOTS", "2"]
+    for script in ("base2new_train.sh", "base2new_test.sh"):
+        proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "genpt" / script), "oxford_pets", "1", *opts],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    tail = "oxford_pets/shots_16/GenPT/vit_b16_c4_ep10_batch4_ctxv1/seed1"
+    assert (tmp_path / "output" / "base2new" / "train_base" / tail / "prompt_learner" / "model.pth.tar-1").is_file()
+    test_log = (tmp_path / "output" / "base2new" / "test_new" / tail / "log.txt").read_text()
+    assert "SUBSAMPLE NEW CLASSES!" in test_log and "* accuracy:" in test_log
