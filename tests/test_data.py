@@ -27,6 +27,7 @@ from vlprompt.engine.data import (
     load_or_create_fewshot,
     subsample_classes,
 )
+import vlprompt.datasets  # noqa: F401 - registers the bundled datasets
 from vlprompt.engine.registry import DATASET_REGISTRY
 from vlprompt.splits import read_and_split_data, read_split, save_split, split_trainval
 from vlprompt.synthetic_data import OXFORD_PETS_BREEDS, write_oxford_pets
@@ -427,6 +428,9 @@ def test_missing_image_error_names_path_and_split(pets_root):
 
 
 def test_dataset_root_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'DATASET.ROOT ".*missing" does not exist'):
+        build_pets(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="annotations"):
         build_pets(tmp_path / "empty")
     with pytest.raises(ValueError, match="DATASET.ROOT"):

@@ -67,32 +67,38 @@ def view_infonce(soft: torch.Tensor, hand: torch.Tensor, tau: float) -> torch.Te
 
 
 class ClassFeatureMemory:
-    """The last ``size`` image features seen per class (the image encoder is frozen, so they stay valid)."""
+    """The last ``size`` image features seen per class, with the index of the image each came from
+    (the image encoder is frozen, so stored features stay valid)."""
 
     def __init__(self, num_classes: int, size: int, dim: int, device: torch.device) -> None:
         self.features = torch.zeros(num_classes, size, dim, device=device)
+        self.image_index = torch.full((num_classes, size), -1, dtype=torch.long, device=device)
         self.count = torch.zeros(num_classes, dtype=torch.long, device=device)
         self.size = size
 
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        for feature, label in zip(features.detach().float(), labels.tolist()):
+    def update(self, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        indices = [-1] * len(labels) if indices is None else indices.tolist()
+        for feature, label, index in zip(features.detach().float(), labels.tolist(), indices):
             slot = int(self.count[label]) % self.size
             self.features[label, slot] = feature
+            self.image_index[label, slot] = index
             self.count[label] += 1
 
-    def sample(self, label: int, generator: torch.Generator) -> torch.Tensor | None:
-        """A stored feature of class ``label`` (uniformly among those kept), or None if there is none."""
+    def sample(self, label: int, generator: torch.Generator, exclude_index: int = -1) -> torch.Tensor | None:
+        """A stored feature of class ``label`` from another image than ``exclude_index`` (uniformly among
+        those kept), or None if there is none."""
         stored = min(int(self.count[label]), self.size)
-        if stored == 0:
+        slots = [s for s in range(stored) if exclude_index < 0 or int(self.image_index[label, s]) != exclude_index]
+        if not slots:
             return None
-        index = int(torch.randint(stored, (1,), generator=generator))
-        return self.features[label, index]
+        return self.features[label, slots[int(torch.randint(len(slots), (1,), generator=generator))]]
 
     def state(self) -> dict:
-        return {"features": self.features.cpu(), "count": self.count.cpu()}
+        return {"features": self.features.cpu(), "image_index": self.image_index.cpu(), "count": self.count.cpu()}
 
     def load(self, state: dict) -> None:
         self.features.copy_(state["features"])
+        self.image_index.copy_(state["image_index"])
         self.count.copy_(state["count"])
 
 
@@ -182,9 +188,9 @@ class GenPT(PromptLearningTrainer):
         gamma_b = torch._standard_gamma(torch.full((n,), alpha), generator=self.mix_generator)
         return gamma_a / (gamma_a + gamma_b)  # Beta(alpha, alpha) from two Gammas
 
-    def intra_class_partners(self, features: torch.Tensor, labels: torch.Tensor):
-        """For each sample, another feature of its class: from the batch when the class appears twice,
-        else from the class memory; returns (partners, mask of samples that have one)."""
+    def intra_class_partners(self, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None):
+        """For each sample, another image's feature of its class: from the batch when the class appears
+        twice, else from the class memory; returns (partners, mask of samples that have one)."""
         partners = torch.zeros_like(features)
         has_partner = torch.zeros(len(labels), dtype=torch.bool, device=features.device)
         label_list = labels.tolist()
@@ -195,13 +201,15 @@ class GenPT(PromptLearningTrainer):
                 partners[i] = features[j]
                 has_partner[i] = True
             else:
-                stored = self.memory.sample(label, self.mix_generator)
+                exclude = -1 if indices is None else int(indices[i])
+                stored = self.memory.sample(label, self.mix_generator, exclude_index=exclude)
                 if stored is not None:
                     partners[i] = stored.to(features.dtype)
                     has_partner[i] = True
         return partners, has_partner
 
-    def augmented_features(self, image: torch.Tensor, features: torch.Tensor, labels: torch.Tensor):
+    def augmented_features(self, image: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                           indices: torch.Tensor | None = None):
         """(mixed features, targets as (labels_a, labels_b, weight_a), mask) for the configured mode."""
         mode = self.method_cfg.AUG_MODE
         weights = self._mix_weights(len(labels)).to(features.device)
@@ -224,7 +232,7 @@ class GenPT(PromptLearningTrainer):
             with torch.no_grad():
                 mixed = unwrap_model(self.model).encode_image(mixed_images)
             return mixed, (labels, labels, weights), mask
-        partners, mask = self.intra_class_partners(features, labels)
+        partners, mask = self.intra_class_partners(features, labels, indices)
         mixed = weights[:, None] * features + (1 - weights[:, None]) * partners
         return F.normalize(mixed, dim=-1), (labels, labels, weights), mask
 
@@ -239,7 +247,9 @@ class GenPT(PromptLearningTrainer):
                 features = model.encode_image(image)
             extra = []
             if use_aug:
-                mixed, (label_a, label_b, weight_a), mask = self.augmented_features(image, features, label)
+                mixed, (label_a, label_b, weight_a), mask = self.augmented_features(
+                    image, features, label, batch.get("index")
+                )
                 extra = [mixed]
             logits, text = self.model(features, *extra)
             loss_ce = F.cross_entropy(logits[0], label)
@@ -255,7 +265,7 @@ class GenPT(PromptLearningTrainer):
                 loss = loss + genpt.LAMBDA_AUG * loss_aug
                 summary["loss_aug"] = loss_aug.item()
         self.backward_and_update(loss)
-        self.memory.update(features, label)
+        self.memory.update(features, label, batch.get("index"))
         summary = {"loss": loss.item(), **summary, "acc": compute_accuracy(logits[0], label)[0].item()}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
