@@ -27,6 +27,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["vlprompt", "vlprompt.*"]) + plugin_packages(),
     package_dir={f"vlprompt.{folder}": folder for folder in PLUGIN_FOLDERS},
+    # The micro CLIP pretrained on the toy world (MODEL.BACKBONE.NAME micro-clip) and its provenance.
+    package_data={"vlprompt.toyworld": ["weights/micro_clip.pt", "weights/micro_clip.json"]},
     # No upper bounds and no CUDA pins: an existing (CUDA) torch must never be replaced.
     install_requires=[
         "torch>=1.13",

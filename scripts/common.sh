@@ -7,7 +7,8 @@ if [ -z "${DATA:-}" ]; then
   echo "error: set DATA to the folder that holds the datasets (e.g. DATA=/path/to/datasets bash $0 ...)" >&2
   exit 2
 fi
-DATA=$(cd "$DATA" 2>/dev/null && pwd) || { echo "error: DATA=$DATA is not a directory" >&2; exit 2; }
+DATA_DIR=$(cd "$DATA" 2>/dev/null && pwd) || { echo "error: DATA=$DATA is not a directory" >&2; exit 2; }
+DATA=$DATA_DIR
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_ROOT"
 PYTHON=${PYTHON:-python}

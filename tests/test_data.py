@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vlprompt.datasets  # noqa: F401 - registers the bundled datasets
 from vlprompt.engine import data as engine_data
 from vlprompt.engine.config import get_cfg_default
 from vlprompt.engine.data import (
@@ -27,7 +28,6 @@ from vlprompt.engine.data import (
     load_or_create_fewshot,
     subsample_classes,
 )
-import vlprompt.datasets  # noqa: F401 - registers the bundled datasets
 from vlprompt.engine.registry import DATASET_REGISTRY
 from vlprompt.splits import read_and_split_data, read_split, save_split, split_trainval
 from vlprompt.synthetic_data import OXFORD_PETS_BREEDS, write_oxford_pets

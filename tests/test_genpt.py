@@ -202,3 +202,23 @@ def test_base2new_scripts_train_and_test_end_to_end(pets_root, tiny_vit, tmp_pat
     assert (tmp_path / "output" / "base2new" / "train_base" / tail / "prompt_learner" / "model.pth.tar-1").is_file()
     test_log = (tmp_path / "output" / "base2new" / "test_new" / tail / "log.txt").read_text()
     assert "SUBSAMPLE NEW CLASSES!" in test_log and "* accuracy:" in test_log
+
+
+def test_tpt_recognises_a_genpt_checkpoint_and_starts_from_its_context(pets_root, tiny_vit, tmp_path, capsys):
+    from vlprompt.tta.sources import context_from_checkpoint
+
+    out = tmp_path / "genpt"
+    trained = main(genpt_args(pets_root, out, tiny_vit, epochs=1))
+    source = context_from_checkpoint(str(out))
+    assert source.kind == "genpt"
+    saved = load_checkpoint(str(out / "prompt_learner" / "model.pth.tar-1"))["state_dict"]["ctx"]
+    assert torch.equal(source.ctx.cpu(), saved.cpu())
+
+    # with no tuning step and only the original view, TPT predicts what GenPT itself predicts
+    tpt = main(train_args(
+        pets_root, tmp_path / "tpt", "TPT", "trainers/TPT/vit_b16.yaml", "--seed", "1",
+        "MODEL.BACKBONE.NAME", tiny_vit, "DATALOADER.NUM_WORKERS", "0", "TRAINER.TPT.LOAD", str(out),
+        "TRAINER.TPT.STEPS", "0", "TRAINER.TPT.N_VIEWS", "1",
+    ))
+    assert "genpt" in capsys.readouterr().out.lower()
+    assert tpt.test_results["accuracy"] == trained.test_results["accuracy"]

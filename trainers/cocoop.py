@@ -23,6 +23,9 @@ def add_cocoop_keys(cfg) -> None:
     cfg.TRAINER.COCOOP.N_CTX = 16
     cfg.TRAINER.COCOOP.CTX_INIT = ""
     cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16, fp32, amp, bf16
+    # Not in CoCoOp: at most this many prompts (images x classes) per text-encoder pass, which bounds the
+    # memory of evaluating a test batch of 100 images on 1000 classes; 0 encodes a whole batch at once.
+    cfg.TRAINER.COCOOP.MAX_PROMPTS = 8192
 
 
 class ConditionalPromptLearner(PromptLearner):
@@ -61,14 +64,16 @@ class CoCoOpCLIP(nn.Module):
             classnames, clip_model, n_ctx=cocoop_cfg.N_CTX, ctx_init=cocoop_cfg.CTX_INIT
         )
         self.image_encoder = clip_model.visual
-        self.text_encoder = PromptTextEncoder(clip_model)
+        self.text_encoder = PromptTextEncoder(clip_model, max_prompts=cocoop_cfg.MAX_PROMPTS)
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, n_cls)`` for normalised image features; all images' prompts in one text pass."""
-        prompts = self.prompt_learner(image_features)
-        text_features = self.text_encoder(prompts, self.prompt_learner.tokenized_prompts)
+        """Logits ``(B, n_cls)`` for normalised image features; the images' prompts are encoded together
+        (CoCoOp loops over the images), in passes of at most ``MAX_PROMPTS`` prompts."""
+        learner = self.prompt_learner
+        prompts = learner(image_features)
+        text_features = self.text_encoder(prompts, learner.tokenized_prompts, learner.shared_prefix_length)
         text_features = text_features / text_features.norm(dim=-1, keepdim=True)
         # per image: its features against its own class prompts
         return self.logit_scale.exp() * torch.einsum("bd,bcd->bc", image_features, text_features)

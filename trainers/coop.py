@@ -11,7 +11,7 @@ from vlprompt.compat import TRAINER_REGISTRY
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.metrics import compute_accuracy
 from vlprompt.prompt_trainer import PromptLearningTrainer
-from vlprompt.prompts import PromptLearner
+from vlprompt.prompts import PromptLearner, context_words
 from vlprompt.text_encoder import PromptTextEncoder
 
 
@@ -31,12 +31,18 @@ class CoOpCLIP(nn.Module):
 
     def __init__(self, classnames: list[str], clip_model: nn.Module, coop_cfg) -> None:
         super().__init__()
+        csc = coop_cfg.CSC
+        if csc and context_words(coop_cfg.CTX_INIT):
+            # CoOp initialises from words only as one shared context and ignores CSC then; doing the same
+            # keeps checkpoints of such runs interchangeable (ctx of shape (n_ctx, D)).
+            print("CSC is ignored when CTX_INIT is set (as in CoOp): one context shared by all classes")
+            csc = False
         self.prompt_learner = PromptLearner(
             classnames,
             clip_model,
             n_ctx=coop_cfg.N_CTX,
             ctx_init=coop_cfg.CTX_INIT,
-            csc=coop_cfg.CSC,
+            csc=csc,
             class_token_position=coop_cfg.CLASS_TOKEN_POSITION,
         )
         self.image_encoder = clip_model.visual
@@ -45,8 +51,8 @@ class CoOpCLIP(nn.Module):
         self.dtype = clip_model.dtype
 
     def text_features(self) -> torch.Tensor:
-        prompts = self.prompt_learner()
-        features = self.text_encoder(prompts, self.prompt_learner.tokenized_prompts)
+        learner = self.prompt_learner
+        features = self.text_encoder(learner(), learner.tokenized_prompts, learner.shared_prefix_length)
         return features / features.norm(dim=-1, keepdim=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from vlprompt.prompt_trainer import PROMPT_LEARNER, PromptLearningTrainer
 from vlprompt.prompts import build_text_classifier
 from vlprompt.templates import dataset_template, ensemble_templates
 from vlprompt.trainers.coop import CoOpCLIP
+from vlprompt.tta.sources import LearnedContext, register_checkpoint_kind
 
 TEMPLATE_SETS = ("dataset", "ensemble", "custom")
 AUG_MODES = ("intra_class_mixup", "inter_class_mixup", "pixel_mixup", "none")
@@ -304,3 +305,23 @@ class GenPT(PromptLearningTrainer):
         if name == PROMPT_LEARNER and state is not None:
             self.memory.load(state["memory"])
             self.mix_generator.set_state(state["mix_generator"])
+
+
+class GenPTContext(LearnedContext):
+    """TPT starts from GenPT's learned soft context (the hand-crafted view is not part of TPT's model)."""
+
+    kind = "genpt"
+
+    def describe(self) -> str:
+        return "GenPT " + super().describe().removeprefix("CoOp ")
+
+
+def _genpt_context(state: dict, source: str, tpt_cfg) -> GenPTContext:
+    position = getattr(tpt_cfg, "CLASS_TOKEN_POSITION", "end") if tpt_cfg is not None else "end"
+    return GenPTContext(state["ctx"], source, class_token_position=position)
+
+
+register_checkpoint_kind(
+    "genpt", f"ctx + a top-level '{CHECKPOINT_KEY}' entry", lambda keys: keys == {"ctx", f"checkpoint:{CHECKPOINT_KEY}"},
+    _genpt_context,
+)

@@ -12,6 +12,7 @@ import torch
 
 from vlprompt.engine import distributed
 from vlprompt.engine.config import extend_cfg, merge_from_file, merge_from_list
+from vlprompt.engine.data import report_skipped_images
 from vlprompt.engine.logging import setup_logger, teardown_logger
 from vlprompt.engine.seeding import set_random_seed
 from vlprompt.run_record import utc_now, write_run_record
@@ -165,6 +166,8 @@ def run(args: argparse.Namespace):
             trainer.test()
         elif not args.no_train:
             trainer.train()
+        if getattr(trainer, "dm", None) is not None and distributed.is_main_process():
+            report_skipped_images(trainer.dm)  # DATALOADER.SKIP_CORRUPT_IMAGES: the count, once, at the end
         if getattr(trainer, "test_results", None) is not None and cfg.OUTPUT_DIR and distributed.is_main_process():
             write_run_record(
                 cfg, trainer, eval_only=args.eval_only, model_dir=args.model_dir, load_epoch=args.load_epoch,

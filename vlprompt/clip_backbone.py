@@ -3,8 +3,9 @@
 Every trainer gets its CLIP from :func:`load_clip`, so where weights come from, how they are checked and
 which formats are accepted is decided here only. ``MODEL.BACKBONE.NAME`` is either an OpenAI model name
 (``RN50`` … ``ViT-L/14@336px``), looked up as clip's file name (``ViT-B-16.pt``) in :func:`clip_weights_dir`
-and downloaded only when absent and allowed, or the path of a checkpoint file (a TorchScript archive as
-OpenAI ships, or a plain state dict; fp16 or fp32).
+and downloaded only when absent and allowed, the name of weights shipped inside vlprompt
+(:data:`BUNDLED_WEIGHTS`: ``micro-clip``, pretrained on the toy world), or the path of a checkpoint file
+(a TorchScript archive as OpenAI ships, or a plain state dict; fp16 or fp32).
 
 Environment variables:
     VLPROMPT_CLIP_DIR   folder holding the OpenAI ``.pt`` files (default: clip's cache ``~/.cache/clip``)
@@ -39,6 +40,8 @@ CLIP_CACHE_SIZE = 2  # models kept by load_clip_cached; real CLIPs are 0.3-1.7 G
 # Keys every OpenAI CLIP state dict has; build_model reads them to infer the architecture.
 _REQUIRED_KEYS = ("text_projection", "token_embedding.weight", "positional_embedding", "ln_final.weight")
 _JIT_DEPRECATION = r"`?torch\.jit\.\w+`? is deprecated"
+# Names of CLIP weights that ship inside the package -> their files, relative to this folder.
+BUNDLED_WEIGHTS: dict[str, str] = {"micro-clip": "toyworld/weights/micro_clip.pt"}
 
 
 class ClipWeightsNotFoundError(FileNotFoundError):
@@ -155,14 +158,26 @@ def resolve_clip_weights(name: str) -> Path:
     urls = clip_model_urls()
     if name in urls:
         return _resolve_model_name(name, urls[name])
+    if name in BUNDLED_WEIGHTS:
+        return _resolve_bundled(name)
     path = Path(name).expanduser()
     if path.is_file():
         return path
     raise ClipWeightsNotFoundError(
         f'CLIP backbone "{name}" is neither an existing checkpoint file (looked for {path.absolute()}) '
-        f"nor an OpenAI CLIP model name. Valid names: {', '.join(urls)}. A checkpoint file may be a "
+        f"nor a CLIP model name. Valid names: {', '.join([*urls, *BUNDLED_WEIGHTS])}. A checkpoint file may be a "
         f"TorchScript archive or a state dict (fp16 or fp32)."
     )
+
+
+def _resolve_bundled(name: str) -> Path:
+    path = Path(__file__).resolve().parent / BUNDLED_WEIGHTS[name]
+    if not path.is_file():
+        raise ClipWeightsNotFoundError(
+            f'The bundled CLIP weights "{name}" should be at {path}, which is missing: reinstall vlprompt, or '
+            f"recreate them with scripts/toyworld/pretrain_micro_clip.py (it writes that file)."
+        )
+    return path
 
 
 def _resolve_model_name(name: str, url: str) -> Path:

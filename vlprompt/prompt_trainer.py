@@ -29,6 +29,10 @@ class CheckpointMismatchError(ValueError):
 
 def describe_mismatch(key: str, saved: tuple, expected: tuple, learner: nn.Module) -> str:
     """Which config value explains a shape difference of ``key`` (N_CTX, CSC, width, classes)."""
+    if key.startswith("meta_net."):
+        # CoCoOp's meta-net maps the image feature (CLIP's embedding size) to a context-width vector.
+        return (f"{key}: checkpoint {saved} vs model {expected}; the image feature size or context width "
+                "differs: a checkpoint of another CLIP backbone")
     if key != "ctx":
         return f"{key}: checkpoint {saved} vs model {expected}"
     csc = getattr(learner, "csc", False)

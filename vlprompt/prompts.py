@@ -126,6 +126,12 @@ class PromptLearner(nn.Module):
         self.class_token_position = class_token_position
         self.prompt_prefix = prompt_prefix
 
+    @property
+    def shared_prefix_length(self) -> int:
+        """How many leading prompt positions are the same for every class (``[SOS][ctx]`` when the context
+        is shared and the class name comes last), for :class:`PromptTextEncoder` to compute once; else 0."""
+        return 1 + self.n_ctx if self.class_token_position == "end" and not self.csc else 0
+
     def _log(self, message: str) -> None:
         if self.verbose:
             print(message)

@@ -21,8 +21,14 @@ from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.config import config_hash
 
 RUN_RECORD = "run.json"
-SCHEMA_VERSION = 1
+# 2: adds ``config`` (the full config), ``source_trainer`` and ``source_shots``; readers accept 1 and 2.
+SCHEMA_VERSION = 2
 IMAGENET_SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
+# Every value ``infer_protocol`` returns (documented in the README's run.json schema).
+PROTOCOLS = (
+    "few_shot", "full", "zeroshot", "base2new_train", "base2new_test_base", "base2new_test_new",
+    "cross_dataset", "domain_generalization", "eval", "tpt",
+)
 
 
 def utc_now() -> str:
@@ -61,19 +67,26 @@ def split_hash(dataset, root: str) -> str:
 
 
 def infer_protocol(cfg, eval_only: bool, source_record: dict | None) -> str:
-    """The evaluation protocol a run belongs to, from its config and (for eval runs) the trained model's record."""
+    """The evaluation protocol a run belongs to (one of ``PROTOCOLS``), from its config and, for an
+    evaluation of a trained model, that model's record.
+
+    Base-to-novel runs are named by the classes they test: training on the base classes ends with a test
+    on them (``base2new_train``); evaluations are ``base2new_test_base``/``base2new_test_new``, zero-shot
+    CLIP included, since it is evaluated the same way.
+    """
     trainer = cfg.TRAINER.NAME
     subsample = cfg.DATASET.SUBSAMPLE_CLASSES
-    if trainer == "TPT":
+    if trainer.upper().startswith("TPT"):
         return "tpt"
-    if trainer.startswith("ZeroshotCLIP"):
+    zero_shot = trainer.startswith("ZeroshotCLIP")
+    if subsample in ("base", "new"):
+        if subsample == "base" and not eval_only and not zero_shot:
+            return "base2new_train"
+        return f"base2new_test_{subsample}"
+    if zero_shot:
         return "zeroshot"
     if not eval_only:
-        if subsample == "base":
-            return "base2new_train"
         return "few_shot" if cfg.DATASET.NUM_SHOTS > 0 else "full"
-    if subsample in ("base", "new"):
-        return f"base2new_test_{subsample}"
     source = (source_record or {}).get("dataset")
     if source and source != cfg.DATASET.NAME:
         if source == "ImageNet" and cfg.DATASET.NAME in IMAGENET_SHIFTS:
@@ -90,6 +103,7 @@ def is_deterministic(device: torch.device) -> bool:
 
 
 def read_run_record(directory: str | Path) -> dict | None:
+    """The parsed ``run.json`` of ``directory``, or None when there is none (a JSON error propagates)."""
     path = Path(directory) / RUN_RECORD
     if not path.is_file():
         return None
@@ -128,6 +142,8 @@ def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoc
         "eval_only": eval_only,
         "model_dir": os.path.abspath(model_dir) if model_dir else None,
         "source_dataset": (source_record or {}).get("dataset"),
+        "source_trainer": (source_record or {}).get("trainer"),
+        "source_shots": (source_record or {}).get("shots"),
         "load_epoch": load_epoch,
         "code_version": code_version(),
         "deterministic": is_deterministic(trainer.device),
@@ -136,7 +152,17 @@ def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoc
         "finished": utc_now(),
         "log_file": os.path.basename(log_file) if log_file else None,
         "metrics": _plain(dict(trainer.test_results or {})),
+        "config": _plain(cfg),
     }
+    # A run that evaluates several datasets (TPT over TRAINER.TPT.TEST_SETS) keeps each one's metrics,
+    # so tables get one entry per dataset rather than only the run's average.
+    per_dataset = getattr(trainer, "set_results", None)
+    if isinstance(per_dataset, dict) and per_dataset:
+        record["metrics_per_dataset"] = _plain(dict(per_dataset))
+    # A trainer may add its own section (TPT: its settings, shard and per-dataset results).
+    extra = getattr(trainer, "run_record_extra", None)
+    if callable(extra):
+        record.update(_plain(extra()))
     path = Path(cfg.OUTPUT_DIR) / RUN_RECORD
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path

@@ -15,7 +15,9 @@ import os
 import os.path as osp
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from vlprompt.engine.data import Datum, load_or_create_fewshot, subsample_classes, write_json_atomic
 
@@ -43,6 +45,30 @@ def listdir_nohidden(path: str, sort: bool = True) -> list[str]:
     return sorted(items) if sort else items
 
 
+_MISSING_IMAGES: ContextVar[list | None] = ContextVar("vlprompt_missing_images", default=None)
+
+
+@contextmanager
+def collect_missing_images() -> Iterator[list[str]]:
+    """Within the block, :func:`make_datum` records missing images in the yielded list instead of failing
+    on the first, so the data checker can name them all."""
+    found: list[str] = []
+    token = _MISSING_IMAGES.set(found)
+    try:
+        yield found
+    finally:
+        _MISSING_IMAGES.reset(token)
+
+
+def make_datum(impath: str, label: int, classname: str, domain: int = 0) -> Datum:
+    """A Datum for a listed image; a missing file raises, or is recorded under :func:`collect_missing_images`."""
+    missing = _MISSING_IMAGES.get()
+    if missing is not None and not osp.isfile(impath):
+        missing.append(impath)
+        return Datum._trusted(impath, label, domain, classname)
+    return Datum(impath=impath, label=label, domain=domain, classname=classname)
+
+
 def _relative_to(impath: str, path_prefix: str) -> str:
     return osp.relpath(impath, path_prefix).replace(os.sep, "/")
 
@@ -66,7 +92,7 @@ def read_split(filepath: str, path_prefix: str) -> tuple[list[Datum], list[Datum
         for row_index, row in enumerate(split[key]):
             try:
                 relpath, label, classname = row[:3]
-                items.append(Datum(impath=osp.join(path_prefix, relpath), label=int(label), classname=classname))
+                items.append(make_datum(osp.join(path_prefix, relpath), int(label), classname))
             except FileNotFoundError as err:
                 raise FileNotFoundError(f'{err}; listed in "{filepath}" ({key}, row {row_index})') from err
             except (TypeError, ValueError) as err:
@@ -132,16 +158,18 @@ def read_and_split_data(
 
     Classes are the sorted sub-folders (minus ``ignored``), labelled by that order; per class the
     sorted images are shuffled and cut at ``round(n * p_trn)`` and ``round(n * p_val)``.
-    ``new_cnames`` renames folders to class names.
+    ``new_cnames`` renames folders to class names. Stray files beside the class folders are skipped.
     """
-    categories = [name for name in listdir_nohidden(image_dir) if name not in ignored]
+    categories = [name for name in listdir_nohidden(image_dir)
+                  if name not in ignored and osp.isdir(osp.join(image_dir, name))]
     p_tst = 1 - p_trn - p_val
     print(f"Splitting into {p_trn:.0%} train, {p_val:.0%} val, and {p_tst:.0%} test")
 
     train, val, test = [], [], []
     for label, category in enumerate(categories):
         category_dir = osp.join(image_dir, category)
-        images = [osp.join(category_dir, name) for name in listdir_nohidden(category_dir)]
+        images = [osp.join(category_dir, name) for name in listdir_nohidden(category_dir)
+                  if osp.isfile(osp.join(category_dir, name))]
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)
@@ -155,7 +183,7 @@ def read_and_split_data(
 
         for share, paths in ((train, images[:n_train]), (val, images[n_train : n_train + n_val]),
                              (test, images[n_train + n_val :])):
-            share.extend(Datum(impath=path, label=label, classname=classname) for path in paths)
+            share.extend(make_datum(path, label, classname) for path in paths)
     return train, val, test
 
 

@@ -32,8 +32,10 @@ TINY_SPECS: dict[str, dict] = {
 FORMATS = ("state_dict", "torchscript")
 
 
-def build_tiny_clip(kind: str = "vit", seed: int = 0) -> nn.Module:
+def build_tiny_clip(kind: str = "vit", seed: int = 0, image_resolution: int | None = None) -> nn.Module:
     """A tiny fp32 ``clip.model.CLIP`` in eval mode; the same weights for the same ``seed``.
+
+    ``image_resolution`` (a multiple of 32) overrides the 224-pixel input, for tests that make many views.
 
     The global RNG is left as it was, so building one inside a seeded run changes nothing else.
     """
@@ -42,7 +44,10 @@ def build_tiny_clip(kind: str = "vit", seed: int = 0) -> nn.Module:
     clip = import_clip()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = clip.model.CLIP(**TINY_SPECS[kind])
+        spec = dict(TINY_SPECS[kind])
+        if image_resolution is not None:
+            spec["image_resolution"] = int(image_resolution)
+        model = clip.model.CLIP(**spec)
         _spread_image_features(model)
     return model.eval()
 
@@ -78,8 +83,10 @@ def _spread_image_features(model: nn.Module) -> None:
 
 def save_tiny_clip(
     path: str | os.PathLike, kind: str = "vit", seed: int = 0, fmt: str = "state_dict", half: bool = True,
+    image_resolution: int | None = None,
 ) -> Path:
-    """Write :func:`build_tiny_clip` ``(kind, seed)`` to ``path`` as OpenAI ships CLIP; returns the path.
+    """Write :func:`build_tiny_clip` ``(kind, seed, image_resolution)`` to ``path`` as OpenAI ships CLIP;
+    returns the path.
 
     ``fmt="state_dict"``: ``torch.save(model.state_dict())``; ``"torchscript"``: a traced archive (what
     ``torch.jit.load`` and TPT's ``clip.load`` need). ``half`` stores the weights clip keeps in fp16 as fp16
@@ -88,7 +95,7 @@ def save_tiny_clip(
     if fmt not in FORMATS:
         raise ValueError(f'tiny CLIP format "{fmt}" is not one of {", ".join(FORMATS)}')
     clip = import_clip()
-    model = build_tiny_clip(kind, seed)
+    model = build_tiny_clip(kind, seed, image_resolution)
     if half:
         clip.model.convert_weights(model)
     path = Path(path).expanduser()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import os.path as osp
 import random
@@ -333,7 +334,7 @@ def _read_fewshot_cache(path: str, dataset_dir: str, fingerprint: str) -> tuple[
         splits = []
         for key in ("train", "val"):
             splits.append(
-                [
+                None if data[key] is None else [
                     Datum(impath=osp.join(dataset_dir, rel), label=int(label), domain=int(domain), classname=cname)
                     for rel, label, cname, domain in data[key]
                 ]
@@ -352,12 +353,13 @@ def load_or_create_fewshot(
     dataset_dir: str,
     name: str,
     train: list,
-    val: list,
+    val: list | None,
     num_shots: int,
     seed: int,
     generate_fn: Callable[..., list] = generate_fewshot_dataset,
-) -> tuple[list, list]:
-    """Few-shot (train, val): ``num_shots`` per class from train and ``min(num_shots, 4)`` from val.
+) -> tuple[list, list | None]:
+    """Few-shot (train, val): ``num_shots`` per class from train and ``min(num_shots, 4)`` from val
+    (``val=None``: only train is sampled and cached, as CoOp's ImageNet does).
 
     Cached as ``split_fewshot/shot_{K}-seed_{S}-<splithash>.json`` with paths relative to
     ``dataset_dir``: in the dataset folder when writable, else in ``$VLPROMPT_CACHE/<name>/split_fewshot``.
@@ -367,7 +369,7 @@ def load_or_create_fewshot(
     if num_shots < 1:
         return train, val
     dataset_dir = osp.abspath(dataset_dir)
-    fingerprint = split_fingerprint(dataset_dir, train, val)
+    fingerprint = split_fingerprint(dataset_dir, train, *(() if val is None else (val,)))
     candidates = fewshot_cache_paths(dataset_dir, name, num_shots, seed, fingerprint)
 
     for path in candidates:
@@ -378,14 +380,15 @@ def load_or_create_fewshot(
                 return cached
 
     train = generate_fn(train, num_shots=num_shots)
-    val = generate_fn(val, num_shots=min(num_shots, 4))
+    if val is not None:
+        val = generate_fn(val, num_shots=min(num_shots, 4))
     record = {
         "format": FEWSHOT_FORMAT,
         "num_shots": num_shots,
         "seed": seed,
         "split_hash": fingerprint,
         "train": _encode_items(train, dataset_dir),
-        "val": _encode_items(val, dataset_dir),
+        "val": None if val is None else _encode_items(val, dataset_dir),
     }
     for path in candidates:
         if not _dir_is_writable(osp.dirname(path)):
@@ -628,15 +631,43 @@ def _build_transform_test(cfg, choices: Sequence[str], size: tuple, target_size:
 # ------------------------------------------------------------------------------- wrapper and loaders
 
 
+class _WorkerSafeMessage:
+    """Keeps the one-line message when a DataLoader worker raised the error.
+
+    torch re-creates a worker's exception in the main process from a single string, "Caught <Type> in
+    DataLoader worker process N.\nOriginal Traceback ...<Type>: <message>"; for these errors that string
+    is cut back to the message and the worker, so a run stops with the path, not a worker's stack.
+    """
+
+    def __init__(self, *args) -> None:
+        name = type(self).__name__
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith(f"Caught {name} "):
+            text = args[0]
+            where = text.split("\n", 1)[0][len(f"Caught {name} ") :].rstrip(".")
+            marker = text.rfind(f"{name}: ")
+            if marker >= 0:
+                args = (f"{text[marker + len(name) + 2 :].strip()} ({where})",)
+        super().__init__(*args)
+
+
+class ImageReadError(_WorkerSafeMessage, OSError):
+    """An image that exists but cannot be decoded; the message names the file."""
+
+
+class ImageNotFoundError(_WorkerSafeMessage, FileNotFoundError):
+    """An image listed by the dataset that is gone; the message names the file."""
+
+
 def read_image(path: str) -> Image.Image:
-    """The image at ``path`` as RGB; any failure becomes an ``OSError`` that names the file."""
+    """The image at ``path`` as RGB; any failure becomes an ``OSError`` (``ImageReadError`` or
+    ``ImageNotFoundError``) that names the file."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError as err:
-        raise FileNotFoundError(f'Image file not found: "{path}"') from err
+        raise ImageNotFoundError(f'Image file not found: "{path}"') from err
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise OSError(f'Cannot read image "{path}": {type(err).__name__}: {err}') from err
+        raise ImageReadError(f'Cannot read image "{path}": {type(err).__name__}: {err}') from err
 
 
 def _cfg_get(node, key: str, default):
@@ -654,8 +685,9 @@ class DatasetWrapper(TorchDataset):
 
     An unreadable image raises an error naming its path. With ``DATALOADER.SKIP_CORRUPT_IMAGES`` it
     is skipped instead: the next readable item (wrapping around) is returned, with that item's own
-    label, path and index so the batch stays consistent; each skipped path is warned about once and
-    counted in ``num_skipped`` (per process: DataLoader workers keep their own counts).
+    label, path and index so the batch stays consistent; each skipped path is warned about once per
+    process and flagged in shared memory, so ``num_skipped``/``skipped_paths`` count distinct images
+    across DataLoader workers and epochs.
     """
 
     def __init__(self, cfg, data_source: Sequence, transform=None, is_train: bool = False) -> None:
@@ -669,8 +701,9 @@ class DatasetWrapper(TorchDataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         self.skip_corrupt = bool(_cfg_get(cfg.DATALOADER, "SKIP_CORRUPT_IMAGES", False))
-        self.num_skipped = 0
-        self.skipped_paths: set[str] = set()
+        self._warned: set[str] = set()
+        # One shared flag per item (inherited by fork, passed along by spawn) so workers' skips add up.
+        self._skip_flags = multiprocessing.RawArray("b", len(data_source)) if self.skip_corrupt else None
         if self.k_tfm > 1 and transform is None:
             raise ValueError(
                 f"DATALOADER.K_TRANSFORMS is {self.k_tfm} but there is no transform to augment with "
@@ -685,6 +718,18 @@ class DatasetWrapper(TorchDataset):
     def __len__(self) -> int:
         return len(self.data_source)
 
+    @property
+    def skipped_paths(self) -> list[str]:
+        """Paths of the distinct images skipped so far, by any process (empty without skipping)."""
+        if self._skip_flags is None:
+            return []
+        return [self.data_source[i].impath for i, flag in enumerate(self._skip_flags) if flag]
+
+    @property
+    def num_skipped(self) -> int:
+        """How many distinct images were skipped as unreadable."""
+        return 0 if self._skip_flags is None else sum(1 for flag in self._skip_flags if flag)
+
     def _load(self, idx: int) -> tuple[int, Image.Image]:
         if not self.skip_corrupt:
             return idx, read_image(self.data_source[idx].impath)
@@ -694,11 +739,11 @@ class DatasetWrapper(TorchDataset):
             try:
                 return candidate, read_image(path)
             except OSError as err:
-                self.num_skipped += 1
-                if path not in self.skipped_paths:
-                    self.skipped_paths.add(path)
+                self._skip_flags[candidate] = 1
+                if path not in self._warned:
+                    self._warned.add(path)
                     warnings.warn(f"Skipping unreadable image (DATALOADER.SKIP_CORRUPT_IMAGES): {err}", stacklevel=2)
-        raise OSError(f"No readable image among the {len(self.data_source)} items of this split")
+        raise ImageReadError(f"No readable image among the {len(self.data_source)} items of this split")
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         idx, img0 = self._load(idx)
@@ -898,3 +943,21 @@ class DataManager:
 
     def show_dataset_summary(self, cfg) -> None:
         print(tabulate(self.summary_rows(cfg)))
+
+    def skipped_images(self) -> list[str]:
+        """Distinct images skipped as unreadable by any loader so far (``DATALOADER.SKIP_CORRUPT_IMAGES``)."""
+        paths: dict[str, None] = {}
+        for loader in (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader):
+            wrapper = getattr(loader, "dataset", None)
+            paths.update(dict.fromkeys(getattr(wrapper, "skipped_paths", [])))
+        return list(paths)
+
+
+def report_skipped_images(dm) -> int:
+    """Print how many unreadable images a run skipped (and which), once at its end; returns the count."""
+    paths = dm.skipped_images() if hasattr(dm, "skipped_images") else []
+    if paths:
+        shown = "\n".join(f"  {path}" for path in paths[:20])
+        more = f"\n  ... and {len(paths) - 20} more" if len(paths) > 20 else ""
+        print(f"Skipped {len(paths)} unreadable image(s) (DATALOADER.SKIP_CORRUPT_IMAGES True):\n{shown}{more}")
+    return len(paths)

@@ -1,0 +1,320 @@
+"""Seconds and peak memory per training step of CoOp and CoCoOp: fast text encoding against the full-length
+computation of the reference code, side by side in one run.
+
+    python benchmarks/bench_prompt_learning.py                      # CPU plan (see --help), JSON to stdout
+    python benchmarks/bench_prompt_learning.py --device cuda --classes 100,1000 --cocoop-batches 1,4,8
+    python benchmarks/bench_prompt_learning.py --backbones vit_b16 --classes 100 --json out.json
+
+A step is what the trainers do per batch: image features from the frozen encoder, text features of the
+prompts of every class, cross-entropy, backward to the prompt parameters, an SGD step. CLIPs of the real
+sizes (ViT-B/16, RN50) with random weights, class names the first N of ImageNet's (CLIP's spelling).
+Text-encoding modes:
+
+* ``reference``: all 77 positions, every class's prompt computed in full (CoOp's TextEncoder); CoCoOp
+  one image per pass, as its per-image loop;
+* ``truncated``: positions only up to the last end-of-text token;
+* ``fast``: truncated, and the ``[SOS][context]`` positions shared by all classes computed once (the
+  default of vlprompt's trainers; CoCoOp also encodes several images per pass).
+
+Each (method, backbone, batch, classes) runs in its own process on one set of weights, the modes taking
+turns step by step so that a busy machine slows them alike. Peak memory is a mode's first step over what
+the model holds: on CUDA the allocator's peak, on CPU the rise of the resident set (VmHWM), under an
+address-space cap (--memory-limit-gb) so that a computation that would not fit fails cleanly and is
+reported as out of memory. Ratios are given for every size where both fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch
+
+import vlprompt  # noqa: F401 - before torch/clip: installs the torchvision shim
+
+# clip.model.CLIP arguments of the two backbones (text tower shared: width 512, 8 heads, 12 layers).
+SPECS = {
+    "vit_b16": {"embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768,
+                "vision_patch_size": 16},
+    "rn50": {"embed_dim": 1024, "image_resolution": 224, "vision_layers": (3, 4, 6, 3), "vision_width": 64,
+             "vision_patch_size": None},
+}
+TEXT = {"context_length": 77, "vocab_size": 49408, "transformer_width": 512, "transformer_heads": 8,
+        "transformer_layers": 12}
+MODES = ("reference", "truncated", "fast")
+# The reference configs: CoOp 16 generic context tokens; CoCoOp "a photo of a" (4 tokens).
+COOP_CFG = {"N_CTX": 16, "CTX_INIT": "", "CSC": False, "CLASS_TOKEN_POSITION": "end", "PREC": "fp32"}
+COCOOP_CFG = {"N_CTX": 4, "CTX_INIT": "a photo of a", "PREC": "fp32", "MAX_PROMPTS": 8192}
+
+
+def build_model(method: str, backbone: str, n_cls: int, device: torch.device, prec: str):
+    """The trainer's model (CoOpCLIP / CoCoOpCLIP) on a random-weight CLIP of the real size."""
+    from yacs.config import CfgNode as CN
+
+    from vlprompt.clip_backbone import apply_precision, import_clip
+    from vlprompt.imagenet_classnames import IMAGENET_CLASSNAMES
+    from vlprompt.trainers.cocoop import CoCoOpCLIP
+    from vlprompt.trainers.coop import CoOpCLIP
+
+    torch.manual_seed(0)
+    clip_model = import_clip().model.CLIP(**SPECS[backbone], **TEXT).eval()
+    clip_model, _ = apply_precision(clip_model.to(device), prec, device)
+    clip_model.requires_grad_(False)
+    names = list(IMAGENET_CLASSNAMES[:n_cls])
+    if method == "coop":
+        return CoOpCLIP(names, clip_model, CN(COOP_CFG)).to(device)
+    return CoCoOpCLIP(names, clip_model, CN(COCOOP_CFG)).to(device)
+
+
+def set_mode(model, mode: str) -> None:
+    """Switch the text encoder between the reference computation and the fast paths (same weights)."""
+    encoder = model.text_encoder
+    encoder.truncate = mode != "reference"
+    encoder.share_prefix = mode == "fast"
+    if hasattr(model.prompt_learner, "meta_net"):  # CoCoOp: the reference encodes one image per pass
+        encoder.max_prompts = model.prompt_learner.n_cls if mode == "reference" else COCOOP_CFG["MAX_PROMPTS"]
+
+
+def _proc_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
+def run_group(group: dict) -> dict:
+    """All modes of one (method, backbone, batch, classes), in this process on the same weights and batch.
+
+    Parts: ``step`` is a whole training step; ``text`` the same step on image features computed
+    beforehand, i.e. everything the modes change (the frozen image encoder costs the same in all). The
+    modes take turns, so a machine that gets busier or quieter meanwhile affects them alike; wall and
+    process CPU seconds are both kept (the latter is steadier on a shared machine). The first run of a
+    mode and part is its warm-up and its memory measurement (peak over what the model holds); a mode that
+    runs out of memory is reported so and the others go on.
+    """
+    device = torch.device(group["device"])
+    model = build_model(group["method"], group["backbone"], group["classes"], device, group["prec"])
+    learner = model.prompt_learner
+    learner.train()
+    optim = torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(1)
+    batch = group["batch"]
+    images = torch.randn(batch, 3, 224, 224, generator=generator).to(device)
+    labels = torch.randint(group["classes"], (batch,), generator=generator).to(device)
+    with torch.no_grad():
+        features = model.image_encoder(images.type(model.dtype))
+        features = features / features.norm(dim=-1, keepdim=True)
+
+    def loss_of(part: str) -> torch.Tensor:
+        if part == "text":
+            if group["method"] == "coop":
+                logits = model.logit_scale.exp() * features @ model.text_features().t()
+            else:
+                logits = model.logits_from_features(features)
+            return torch.nn.functional.cross_entropy(logits, labels)
+        if group["method"] == "coop":
+            return torch.nn.functional.cross_entropy(model(images), labels)
+        return model(images, labels)  # CoCoOp's model returns the loss in training mode
+
+    def timed(mode: str, part: str) -> tuple[float, float]:
+        set_mode(model, mode)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        optim.zero_grad()
+        loss_of(part).backward()
+        optim.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    results = {(mode, part): {"status": "ok", "seconds": [], "cpu_seconds": []}
+               for mode in group["modes"] for part in group["parts"]}
+    for round_index in range(group["warmup"] + group["steps"]):
+        for (mode, part), result in results.items():
+            if result["status"] != "ok":
+                continue
+            first = round_index == 0
+            if first and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            elif first:
+                Path("/proc/self/clear_refs").write_text("5")  # VmHWM (peak resident set) := current size
+                base = _proc_kb("VmRSS") * 1024
+            try:
+                wall, cpu = timed(mode, part)
+            except (RuntimeError, MemoryError) as err:
+                if not _out_of_memory(err):
+                    raise
+                result.update(status="oom", detail=str(err).splitlines()[0][:200])
+                optim.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if first:
+                peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _proc_kb("VmHWM") * 1024
+                result["peak_memory_mb"] = round((peak - base) / 2**20, 1)
+            if round_index >= group["warmup"] or group["warmup"] == 0:
+                result["seconds"].append(round(wall, 4))
+                result["cpu_seconds"].append(round(cpu, 4))
+    for result in results.values():
+        if result["status"] == "ok":
+            result["seconds_per_step"] = statistics.median(result["seconds"])
+            result["cpu_seconds_per_step"] = statistics.median(result["cpu_seconds"])
+    return {"text_positions": int(learner.tokenized_prompts.argmax(-1).max()) + 1,
+            "results": [{"mode": mode, "part": part, **result} for (mode, part), result in results.items()]}
+
+
+def run_isolated(group: dict, memory_limit_gb: float, timeout: float) -> dict:
+    """``run_group`` in a fresh process: its own memory (and a crash is a result, not the end of the run).
+
+    Large blocks are mmapped and given back on free (fixed ``MALLOC_MMAP_THRESHOLD_``), so on CPU the
+    resident set follows what the tensors occupy and one mode's freed memory does not hide the next's.
+    """
+    command = [sys.executable, __file__, "--case", json.dumps(group), "--memory-limit-gb", str(memory_limit_gb)]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    try:
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return _failed(group, "timeout", f"over {timeout:.0f} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    err = done.stderr.strip().splitlines()
+    status = "oom" if done.returncode == -9 or "can't allocate memory" in done.stderr else "error"
+    detail = (err[-1] if err else f"exit code {done.returncode}")[:300]
+    return _failed(group, status, detail)
+
+
+def _failed(group: dict, status: str, detail: str) -> dict:
+    return {"text_positions": None, "results": [{"mode": mode, "part": part, "status": status, "detail": detail}
+                                                for mode in group["modes"] for part in group["parts"]]}
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """Reference ÷ other mode per (method, backbone, batch, classes, part) where both ran."""
+    def key(r: dict) -> tuple:
+        return r["method"], r["backbone"], r["batch"], r["classes"], r["part"]
+
+    reference = {key(r): r for r in results if r["mode"] == "reference"}
+    out = []
+    for r in results:
+        ref = reference.get(key(r))
+        if r["mode"] == "reference" or ref is None:
+            continue
+        row = {"method": r["method"], "backbone": r["backbone"], "batch": r["batch"], "classes": r["classes"],
+               "part": r["part"], "mode": r["mode"]}
+        if r["status"] == "ok" and ref["status"] == "ok":
+            row["speedup"] = round(ref["seconds_per_step"] / r["seconds_per_step"], 2)
+            row["cpu_speedup"] = round(ref["cpu_seconds_per_step"] / r["cpu_seconds_per_step"], 2)
+            row["memory_ratio"] = round(ref["peak_memory_mb"] / max(r["peak_memory_mb"], 1e-3), 2)
+        else:
+            row["note"] = f"reference {ref['status']}, {r['mode']} {r['status']}"
+        out.append(row)
+    return out
+
+
+def largest_common(results: list[dict]) -> list[dict]:
+    """Per (method, backbone, batch, part): the largest class count at which every mode ran."""
+    groups: dict[tuple, dict[int, set]] = {}
+    for r in results:
+        key = (r["method"], r["backbone"], r["batch"], r["part"])
+        groups.setdefault(key, {}).setdefault(r["classes"], set()).add(r["status"])
+    out = []
+    for (method, backbone, batch, part), by_classes in groups.items():
+        fitting = [n for n, statuses in by_classes.items() if statuses == {"ok"}]
+        out.append({"method": method, "backbone": backbone, "batch": batch, "part": part,
+                    "largest_classes_all_modes_fit": max(fitting) if fitting else None})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prec", default=None, help="fp16 or fp32 (default: fp16 on CUDA, as the configs; fp32 on CPU)")
+    parser.add_argument("--backbones", default="vit_b16,rn50")
+    parser.add_argument("--methods", default="coop,cocoop")
+    parser.add_argument("--classes", default="100", help="comma-separated class counts (first N ImageNet names)")
+    parser.add_argument("--coop-batch", type=int, default=32)
+    parser.add_argument("--cocoop-batches", default="1,4")
+    parser.add_argument("--modes", default="reference,fast", help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--parts", default="step,text", help="step (whole training step) and/or text (all but "
+                        "the frozen image encoder)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--memory-limit-gb", type=float, default=8.0,
+                        help="CPU: address-space cap per measurement, so an oversized run fails cleanly (0: none)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
+    parser.add_argument("--json", default="", help="also write the results to this file")
+    parser.add_argument("--case", default="", help=argparse.SUPPRESS)  # internal: run one measurement
+    args = parser.parse_args(argv)
+
+    if args.case:
+        if args.memory_limit_gb > 0 and json.loads(args.case)["device"] == "cpu":
+            import resource
+
+            limit = int(args.memory_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        print(json.dumps(run_group(json.loads(args.case))))
+        return 0
+
+    prec = args.prec or ("fp16" if args.device.startswith("cuda") else "fp32")
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    plan = []
+    for backbone in args.backbones.split(","):
+        for method in args.methods.split(","):
+            batches = [args.coop_batch] if method == "coop" else [int(b) for b in args.cocoop_batches.split(",")]
+            for batch in batches:
+                for classes in (int(c) for c in args.classes.split(",")):
+                    plan.append({"method": method, "backbone": backbone, "batch": batch, "classes": classes,
+                                 "modes": modes, "parts": args.parts.split(","), "device": args.device, "prec": prec, "warmup": args.warmup,
+                                 "steps": args.steps})
+    results = []
+    for group in plan:
+        started = time.perf_counter()
+        outcome = run_isolated(group, args.memory_limit_gb, args.timeout)
+        common = {key: value for key, value in group.items() if key not in ("modes", "parts")}
+        for got in outcome["results"]:
+            results.append({**common, "text_positions": outcome["text_positions"], **got})
+            shown = (f"{got['seconds_per_step']:.2f} s ({got['cpu_seconds_per_step']:.2f} s CPU), "
+                     f"peak {got['peak_memory_mb']:.0f} MB" if got["status"] == "ok"
+                     else f"{got['status']}: {got.get('detail', '')}")
+            print(f"{group['method']:6} {group['backbone']:7} batch {group['batch']:3} classes {group['classes']:5} "
+                  f"{got['part']:4} {got['mode']:9} {shown}", file=sys.stderr)
+        print(f"  ({time.perf_counter() - started:.0f} s wall)", file=sys.stderr)
+    report = {
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "prec": prec,
+        "warmup": args.warmup, "steps": args.steps, "results": results, "ratios": ratios(results),
+        "largest_common": largest_common(results),
+    }
+    text = json.dumps(report, indent=2)
+    if args.json:
+        from vlprompt.engine.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The protocol scripts end to end (subprocess, tiny CLIP, synthetic OxfordPets), run from a directory that
+is not the repository: CoOp's output layout, skipping complete runs, resuming unfinished ones, the CoCoOp
+base-to-new and cross-dataset pairs, and the DATA check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CFG = "vit_b16"
+COCOOP_CFG = "vit_b16_c4_ep10_batch1_ctxv1"
+
+
+def tiny_opts(tiny_vit: str, epochs: int = 1) -> list[str]:
+    """Trailing KEY VALUE pairs every script passes through to train.py."""
+    return ["MODEL.BACKBONE.NAME", tiny_vit, "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TEST.BATCH_SIZE", "20", "TRAIN.PRINT_FREQ", "100"]
+
+
+def run_script(script: str, *args: str, data: str | None, output: Path, cwd: Path, **env_vars: str):
+    env = {k: v for k, v in os.environ.items() if k != "DATA"}
+    env.update(SEEDS="1", PYTHON=sys.executable, OUTPUT_ROOT=str(output), VLPROMPT_OFFLINE="1", **env_vars)
+    if data is not None:
+        env["DATA"] = data
+    return subprocess.run(["bash", str(REPO / "scripts" / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory) -> Path:
+    """A working directory outside the repository: the scripts must not depend on where they start."""
+    return tmp_path_factory.mktemp("cwd")
+
+
+@pytest.fixture(scope="module")
+def coop_run(pets_root, tiny_vit, tmp_path_factory, elsewhere):
+    """main.sh oxford_pets vit_b16 end 16 16 False: two epochs, a checkpoint after each."""
+    output = tmp_path_factory.mktemp("output")
+    result = run_script("coop/main.sh", "oxford_pets", CFG, "end", "16", "16", "False",
+                        *tiny_opts(tiny_vit, epochs=2), "TRAIN.CHECKPOINT_FREQ", "1",
+                        data=pets_root, output=output, cwd=elsewhere)
+    ok(result)
+    return output, output / f"oxford_pets/CoOp/{CFG}_16shots/nctx16_cscFalse_ctpend/seed1"
+
+
+def test_coop_main_layout_skip_and_resume(pets_root, tiny_vit, coop_run, elsewhere):
+    output, run_dir = coop_run
+    assert sorted(p.name for p in (run_dir / "prompt_learner").iterdir()) == [
+        "checkpoint", "model.pth.tar-1", "model.pth.tar-2"]
+    assert (run_dir / "run.json").is_file() and "* accuracy:" in (run_dir / "log.txt").read_text()
+    assert not list(elsewhere.iterdir())  # nothing written where the script was started
+
+    args = ("coop/main.sh", "oxford_pets", CFG, "end", "16", "16", "False", *tiny_opts(tiny_vit, epochs=2))
+    skipped = ok(run_script(*args, data=pets_root, output=output, cwd=elsewhere))
+    assert skipped.strip() == f"Oops! The results exist at {run_dir} (so skip this job)"
+    assert not list(run_dir.glob("log.txt-*"))  # train.py did not run
+
+    # A run killed during epoch 2: a checkpoint of epoch 1, no result record. It resumes from epoch 1.
+    (run_dir / "run.json").unlink()
+    (run_dir / "prompt_learner" / "model.pth.tar-2").unlink()
+    (run_dir / "prompt_learner" / "checkpoint").write_text("model.pth.tar-1\n")
+    resumed = ok(run_script(*args, data=pets_root, output=output, cwd=elsewhere))
+    assert f"Resuming the unfinished run at {run_dir}" in resumed
+    assert "Found checkpoint at" in resumed and "epoch [2/2]" in resumed and "epoch [1/2]" not in resumed
+    assert (run_dir / "prompt_learner" / "model.pth.tar-2").is_file() and (run_dir / "run.json").is_file()
+
+
+def test_coop_eval_loads_the_imagenet_model(pets_root, coop_run, tiny_vit, elsewhere):
+    output, run_dir = coop_run
+    # eval.sh reads output/imagenet/CoOp/...: here the OxfordPets-trained model stands in for it.
+    source = output / f"imagenet/CoOp/{CFG}_16shots/nctx16_cscFalse_ctpend/seed1"
+    shutil.copytree(run_dir, source)
+    printed = ok(run_script("coop/eval.sh", "oxford_pets", CFG, *tiny_opts(tiny_vit),
+                            data=pets_root, output=output, cwd=elsewhere, LOADEP="2"))
+    eval_dir = output / f"evaluation/CoOp/{CFG}_16shots/nctx16_cscFalse_ctpend/oxford_pets/seed1"
+    model = source / "prompt_learner" / "model.pth.tar-2"
+    assert f'Loading weights to prompt_learner from "{model}" (epoch = 2)' in printed
+    assert (eval_dir / "run.json").is_file() and "* accuracy:" in (eval_dir / "log.txt").read_text()
+
+
+def test_coop_zeroshot(pets_root, tiny_vit, tmp_path, elsewhere):
+    printed = ok(run_script("coop/zeroshot.sh", "oxford_pets", CFG, *tiny_opts(tiny_vit),
+                            data=pets_root, output=tmp_path, cwd=elsewhere))
+    assert "Loading trainer: ZeroshotCLIP" in printed and "* accuracy:" in printed
+    assert (tmp_path / f"ZeroshotCLIP/{CFG}/oxford_pets/run.json").is_file()
+
+
+def test_cocoop_base_to_new_train_then_test(pets_root, tiny_vit, tmp_path, elsewhere):
+    ok(run_script("cocoop/base2new_train.sh", "oxford_pets", "1", *tiny_opts(tiny_vit),
+                  data=pets_root, output=tmp_path, cwd=elsewhere))
+    tail = f"oxford_pets/shots_16/CoCoOp/{COCOOP_CFG}/seed1"
+    train_dir = tmp_path / "base2new/train_base" / tail
+    assert (train_dir / "prompt_learner" / "model.pth.tar-1").is_file()
+    assert "SUBSAMPLE BASE CLASSES!" in (train_dir / "log.txt").read_text()
+
+    # The epoch to load comes from the trained run (1 here), not a hand-edited LOADEP.
+    printed = ok(run_script("cocoop/base2new_test.sh", "oxford_pets", "1", *tiny_opts(tiny_vit),
+                            data=pets_root, output=tmp_path, cwd=elsewhere))
+    test_dir = tmp_path / "base2new/test_new" / tail
+    model = train_dir / "prompt_learner" / "model.pth.tar-1"
+    assert f'Loading weights to prompt_learner from "{model}" (epoch = 1)' in printed
+    assert "SUBSAMPLE NEW CLASSES!" in printed
+    assert (test_dir / "run.json").is_file()
+
+
+def test_cocoop_cross_dataset_train_then_test(pets_root, tiny_vit, tmp_path, elsewhere):
+    ok(run_script("cocoop/xd_train.sh", "1", *tiny_opts(tiny_vit), data=pets_root, output=tmp_path, cwd=elsewhere,
+                  SOURCE_DATASET="oxford_pets"))
+    train_dir = tmp_path / f"oxford_pets/CoCoOp/{COCOOP_CFG}_16shots/seed1"
+    assert (train_dir / "prompt_learner" / "model.pth.tar-1").is_file()
+    printed = ok(run_script("cocoop/xd_test.sh", "oxford_pets", "1", *tiny_opts(tiny_vit), data=pets_root,
+                            output=tmp_path, cwd=elsewhere, SOURCE_DATASET="oxford_pets"))
+    assert f'from "{train_dir / "prompt_learner" / "model.pth.tar-1"}" (epoch = 1)' in printed
+    assert (tmp_path / f"evaluation/CoCoOp/{COCOOP_CFG}_16shots/oxford_pets/seed1/run.json").is_file()
+
+
+@pytest.mark.parametrize("data", [None, "/nonexistent/datasets"])
+def test_missing_data_root_is_a_clear_error(tmp_path, data):
+    result = run_script("coop/main.sh", "oxford_pets", CFG, "end", "16", "16", "False",
+                        data=data, output=tmp_path, cwd=tmp_path)
+    assert result.returncode == 2
+    expected = "set DATA to the folder that holds the datasets" if data is None else f"DATA={data} is not a directory"
+    assert expected in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,134 @@
+"""Reading learned prompts: the vocabulary words nearest to each learned context vector.
+
+A learned context vector lives in CLIP's token-embedding space but is rarely a word; its nearest token
+embeddings (Euclidean distance, as CoOp's ``interpret_prompt.py``) hint at what it encodes. Unlike the
+reference, the vocabulary is that of the backbone the context was learned with (read from the run's
+``run.json``, or given), and class-specific contexts (CSC) are decoded per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vlprompt.clip_backbone import import_clip, load_clip
+from vlprompt.engine.checkpoint import load_checkpoint
+from vlprompt.run_record import read_run_record
+
+REFERENCE_BACKBONE = "RN50"  # what CoOp's script always uses
+_CHUNK = 1024  # context vectors per distance computation: 1024 x 49408 floats is 200 MB
+
+
+@dataclass
+class NearestWords:
+    """Top-k tokens for each context vector: ``tokens[i][j]`` / ``distances[i, j]`` for the flattened
+    vectors (``(n_ctx)`` or, for CSC, ``(n_cls * n_ctx)`` in class-major order)."""
+
+    ctx_shape: tuple[int, ...]
+    token_ids: torch.Tensor  # (n_vectors, k)
+    distances: torch.Tensor  # (n_vectors, k)
+    tokens: list[list[str]]
+
+
+def nearest_words(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int) -> NearestWords:
+    """The ``topk`` vocabulary tokens nearest (Euclidean) to every vector of ``ctx`` ``(..., D)``."""
+    if ctx.shape[-1] != token_embedding.shape[-1]:
+        raise ValueError(
+            f"context vectors have width {ctx.shape[-1]} but the token embeddings {token_embedding.shape[-1]}: "
+            "the context was learned with another CLIP backbone; pass that one (--backbone)"
+        )
+    if not 1 <= topk <= token_embedding.shape[0]:
+        raise ValueError(f"topk must be between 1 and the vocabulary size {token_embedding.shape[0]} (got {topk})")
+    vectors = ctx.detach().reshape(-1, ctx.shape[-1]).float()
+    table = token_embedding.detach().float().to(vectors.device)
+    ids, dists = [], []
+    for start in range(0, len(vectors), _CHUNK):  # bounded memory for 1000 classes x 16 contexts
+        distance = torch.cdist(vectors[start : start + _CHUNK], table)
+        found = distance.topk(topk, dim=1, largest=False)
+        ids.append(found.indices)
+        dists.append(found.values)
+    token_ids, distances = torch.cat(ids), torch.cat(dists)
+    decoder = import_clip().clip._tokenizer.decoder
+    tokens = [[decoder[int(i)] for i in row] for row in token_ids]
+    return NearestWords(tuple(ctx.shape), token_ids, distances, tokens)
+
+
+def backbone_of_run(checkpoint_path: str | Path) -> str | None:
+    """``MODEL.BACKBONE.NAME`` of the run that wrote ``<run>/<model>/model.pth.tar-N``, from its run.json."""
+    try:
+        record = read_run_record(Path(checkpoint_path).resolve().parent.parent)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return (record or {}).get("backbone")
+
+
+def prefix_matches(state_dict: dict, token_embedding: torch.Tensor) -> bool | None:
+    """Whether the checkpoint's saved SOS embedding (``token_prefix``) is this vocabulary's: False means
+    the context was learned with another backbone. None when the checkpoint has no ``token_prefix``."""
+    prefix = state_dict.get("token_prefix")
+    if prefix is None or prefix.shape[-1] != token_embedding.shape[-1]:
+        return None if prefix is None else False
+    sot = import_clip().clip._tokenizer.encoder["<|startoftext|>"]
+    return torch.allclose(prefix.reshape(-1, prefix.shape[-1])[0].float(), token_embedding[sot].float(), atol=1e-3)
+
+
+def format_nearest(found: NearestWords) -> list[str]:
+    """CoOp's lines ``<i>: [tokens] [distances]`` per context vector; CSC contexts grouped by class."""
+
+    def line(index: int, row: int) -> str:
+        dist = [f"{d:.4f}" for d in found.distances[row].tolist()]
+        return f"{index + 1}: {found.tokens[row]} {dist}"
+
+    if len(found.ctx_shape) == 2:
+        return [line(m, m) for m in range(found.ctx_shape[0])]
+    n_cls, n_ctx = found.ctx_shape[:2]
+    lines = []
+    for c in range(n_cls):
+        lines.append(f"Class {c + 1}:")
+        lines.extend(line(m, c * n_ctx + m) for m in range(n_ctx))
+    return lines
+
+
+def interpret_checkpoint(path: str | Path, topk: int, backbone: str | None = None) -> list[str]:
+    """The report for a ``prompt_learner/model.pth.tar-N`` file, as lines (printed by ``interpret_prompt.py``)."""
+    lines = [f"Return the top-{topk} matched words"]
+    if backbone is None:
+        backbone = backbone_of_run(path)
+        if backbone is None:
+            backbone = REFERENCE_BACKBONE
+            lines.append(f"No run.json beside the checkpoint names its backbone; using {backbone} (pass --backbone)")
+    lines.append(f"Backbone: {backbone}")
+    token_embedding = load_clip(backbone).token_embedding.weight
+    lines.append(f"Size of token embedding: {token_embedding.shape}")
+    state = load_checkpoint(str(path))["state_dict"]
+    if "ctx" not in state:
+        raise KeyError(f'"{path}" has no learned context ("ctx" is not among {sorted(state)})')
+    ctx = state["ctx"].float()
+    lines.append(f"Size of context: {ctx.shape}")
+    if prefix_matches(state, token_embedding) is False:
+        lines.append(f"Warning: the checkpoint's token embeddings are not those of {backbone}; "
+                     "the context was probably learned with another backbone")
+    found = nearest_words(ctx, token_embedding, topk)
+    lines.append(f"Size of distance matrix: {torch.Size([*ctx.shape[:-1], token_embedding.shape[0]])}")
+    return lines + format_nearest(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``interpret_prompt.py FPATH TOPK [--backbone NAME]``, CoOp's arguments plus the backbone."""
+    parser = argparse.ArgumentParser(description="Nearest vocabulary words of each learned context vector.")
+    parser.add_argument("fpath", type=str, help="path to the learned prompt (prompt_learner/model.pth.tar-N)")
+    parser.add_argument("topk", type=int, help="select top-k similar words")
+    parser.add_argument("--backbone", type=str, default=None,
+                        help="CLIP the context was learned with (default: from the run's run.json, else RN50)")
+    args = parser.parse_args(argv)
+    if not Path(args.fpath).is_file():
+        print(f'error: no checkpoint file at "{args.fpath}"', file=sys.stderr)
+        return 2
+    for text in interpret_checkpoint(args.fpath, args.topk, args.backbone):
+        print(text)
+    return 0

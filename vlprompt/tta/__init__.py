@@ -1,0 +1,38 @@
+"""Test-time prompt tuning (TPT): views, confidence selection and the entropy objective, the per-image
+tuning loop on cached features, initial contexts from words or checkpoints, and resumable, shardable
+prediction logs. The trainer that drives them is ``trainers/tpt.py``."""
+
+from vlprompt.tta.objective import marginal_entropy, num_selected, select_confident, view_entropy
+from vlprompt.tta.sources import (
+    CHECKPOINT_KINDS,
+    ContextSource,
+    LearnedContext,
+    UnknownCheckpointError,
+    WordsContext,
+    context_from_checkpoint,
+    detect_checkpoint_kind,
+    register_checkpoint_kind,
+)
+from vlprompt.tta.tuner import PromptTuner, TPTSettings, TuneResult, encode_views
+from vlprompt.tta.views import ViewMaker, resolve_aug
+
+__all__ = [
+    "CHECKPOINT_KINDS",
+    "ContextSource",
+    "LearnedContext",
+    "PromptTuner",
+    "TPTSettings",
+    "TuneResult",
+    "UnknownCheckpointError",
+    "ViewMaker",
+    "WordsContext",
+    "context_from_checkpoint",
+    "detect_checkpoint_kind",
+    "encode_views",
+    "marginal_entropy",
+    "num_selected",
+    "register_checkpoint_kind",
+    "resolve_aug",
+    "select_confident",
+    "view_entropy",
+]
