@@ -129,7 +129,10 @@ def test_with_both_terms_off_genpt_updates_equal_coops(pets_root, tiny_vit, tmp_
 
 
 def test_training_lowers_every_loss_term(pets_root, tiny_vit, tmp_path):
+    from vlprompt.engine.seeding import set_random_seed
+
     cfg = setup_cfg(build_parser().parse_args(genpt_args(pets_root, tmp_path, tiny_vit, epochs=50)))
+    set_random_seed(cfg.SEED)  # train.py seeds before building; building directly must too
     trainer = build_trainer(cfg)
     batch = next(iter(trainer.train_loader_x))
     trainer.set_model_mode("train")

@@ -17,9 +17,9 @@ CFG = "vit_b16"
 COCOOP_CFG = "vit_b16_c4_ep10_batch1_ctxv1"
 
 
-def tiny_opts(tiny_vit: str, epochs: int = 1) -> list[str]:
-    """Trailing KEY VALUE pairs every script passes through to train.py."""
-    return ["MODEL.BACKBONE.NAME", tiny_vit, "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0",
+def tiny_opts(tiny_vit: str, epochs: int = 1, shots: int | None = None) -> list[str]:
+    """Trailing KEY VALUE pairs every script passes through to train.py (after its own, so they win)."""
+    return [*(["DATASET.NUM_SHOTS", str(shots)] if shots else []), "MODEL.BACKBONE.NAME", tiny_vit, "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.NUM_WORKERS", "0",
             "DATALOADER.TEST.BATCH_SIZE", "20", "TRAIN.PRINT_FREQ", "100"]
 
 
@@ -97,7 +97,7 @@ def test_coop_zeroshot(pets_root, tiny_vit, tmp_path, elsewhere):
 
 
 def test_cocoop_base_to_new_train_then_test(pets_root, tiny_vit, tmp_path, elsewhere):
-    ok(run_script("cocoop/base2new_train.sh", "oxford_pets", "1", *tiny_opts(tiny_vit),
+    ok(run_script("cocoop/base2new_train.sh", "oxford_pets", "1", *tiny_opts(tiny_vit, shots=2),
                   data=pets_root, output=tmp_path, cwd=elsewhere))
     tail = f"oxford_pets/shots_16/CoCoOp/{COCOOP_CFG}/seed1"
     train_dir = tmp_path / "base2new/train_base" / tail
@@ -115,7 +115,7 @@ def test_cocoop_base_to_new_train_then_test(pets_root, tiny_vit, tmp_path, elsew
 
 
 def test_cocoop_cross_dataset_train_then_test(pets_root, tiny_vit, tmp_path, elsewhere):
-    ok(run_script("cocoop/xd_train.sh", "1", *tiny_opts(tiny_vit), data=pets_root, output=tmp_path, cwd=elsewhere,
+    ok(run_script("cocoop/xd_train.sh", "1", *tiny_opts(tiny_vit, shots=2), data=pets_root, output=tmp_path, cwd=elsewhere,
                   SOURCE_DATASET="oxford_pets"))
     train_dir = tmp_path / f"oxford_pets/CoCoOp/{COCOOP_CFG}_16shots/seed1"
     assert (train_dir / "prompt_learner" / "model.pth.tar-1").is_file()
