@@ -34,6 +34,11 @@ FEW_SHOT_DATASETS = (
 XD_TARGETS = FEW_SHOT_DATASETS[1:]
 DG_TARGETS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 TPT_SHIFT_SETS = ("ImageNet", "ImageNetA", "ImageNetV2", "ImageNetR", "ImageNetSketch")
+# A source dataset and its distribution shifts in TPT's column order (the toy world's mirror ImageNet's).
+SHIFT_SETS = {
+    "ImageNet": TPT_SHIFT_SETS,
+    "ToyWorld": ("ToyWorld", "ToyWorldA", "ToyWorldR", "ToyWorldSketch"),
+}
 TPT_FINE_GRAINED = (
     "OxfordFlowers", "DescribableTextures", "OxfordPets", "StanfordCars", "UCF101", "Caltech101", "Food101",
     "SUN397", "FGVCAircraft", "EuroSAT",

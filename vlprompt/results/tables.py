@@ -23,8 +23,8 @@ import numpy as np
 from vlprompt.results.runs import (
     DG_TARGETS,
     FEW_SHOT_DATASETS,
+    SHIFT_SETS,
     TPT_FINE_GRAINED,
-    TPT_SHIFT_SETS,
     XD_TARGETS,
     Run,
     canonical_dataset,
@@ -421,10 +421,11 @@ def dg_table(runs: Sequence[Run], source: str = "ImageNet", datasets: Sequence[s
 
 
 def tpt_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label_by: Sequence[str] = ("trainer",),
-               metric: str = "accuracy") -> list[Table]:
-    """TPT's two tables: the ImageNet distribution shifts (Average and OOD Average) and the fine-grained
-    sets (Average), with zero-shot CLIP and ImageNet-trained prompt methods as baselines."""
-    results = transfer_results(runs, "ImageNet", label_by, metric)
+               metric: str = "accuracy", source: str = "ImageNet") -> list[Table]:
+    """TPT's two tables: ``source`` (ImageNet) and its distribution shifts (Average and OOD Average), and
+    the other sets (Average), with zero-shot CLIP and ``source``-trained prompt methods as baselines."""
+    source = canonical_dataset(source)
+    results = transfer_results(runs, source, label_by, metric)
     found = results.datasets_of(["tpt"])
     wanted = _selected(datasets)
     if wanted is not None:
@@ -432,14 +433,15 @@ def tpt_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label
     methods = results.methods_with(["tpt", "cross_dataset", "domain_generalization"])
     methods += [m for m in results.zero_shot_methods() if m not in methods]
     tables = []
-    shifts = [d for d in TPT_SHIFT_SETS if d in found]
+    shift_sets = SHIFT_SETS.get(source, (source,))
+    shifts = [d for d in shift_sets if d in found]
     if shifts:
-        ood = [d for d in shifts if d != "ImageNet"]
+        ood = [d for d in shifts if d != source]
         tables.append(_transfer_table(
-            results, "tpt", "Test-time prompt tuning (%): ImageNet and its distribution shifts", methods, shifts,
-            [("Average", shifts), ("OOD Average", ood)], results.groups.notes,
+            results, "tpt", f"Test-time prompt tuning (%): {display_name(source)} and its distribution shifts",
+            methods, shifts, [("Average", shifts), ("OOD Average", ood)], results.groups.notes,
         ))
-    fine = order_datasets(found - set(TPT_SHIFT_SETS), TPT_FINE_GRAINED)
+    fine = order_datasets(found - set(shift_sets), TPT_FINE_GRAINED)
     if fine:
         tables.append(_transfer_table(results, "tpt", "Test-time prompt tuning (%): fine-grained datasets",
                                       methods, fine, [("Average", fine)], [] if shifts else results.groups.notes))
@@ -471,7 +473,7 @@ def build_tables(runs: Sequence[Run], kinds: Sequence[str] = TABLE_KINDS, datase
                 tables.append(table)
         elif kind == "tpt":
             if any(r.protocol == "tpt" for r in runs):
-                tables += tpt_tables(runs, datasets, label_by, metric)
+                tables += tpt_tables(runs, datasets, label_by, metric, source)
         else:
             raise ValueError(f'unknown table "{kind}"; choose from {", ".join(TABLE_KINDS)}')
     return tables

@@ -2,8 +2,9 @@
 
 A caption names the object's shape always, its colour and pattern usually, its size and position
 sometimes, after one of a few openings ("a photo of a red striped circle on the left."). The shape
-is never left out: a bare attribute ("a photo of a striped.") is something pretraining never showed,
-which is what makes the attribute-only class sets a case where the hand-crafted prompt is poor.
+is never left out, so a bare attribute ("a photo of a striped.", the ToyWorldPatterns prompt) is a
+description pretraining never showed. Crops of an image (half of the pretraining batches) are
+captioned without size and position, which a crop changes.
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ MENTION_SIZE = 0.3
 MENTION_POSITION = 0.3
 
 
-def sample_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+def sample_caption(scene: Scene, rng: np.random.Generator, framed: bool = True) -> tuple[str, dict[str, str]]:
     """(caption, what it mentions): a random description of ``scene`` drawn from ``rng``.
 
     The mentions map ``colour``/``pattern``/``shape``/``size``/``position`` to the words used, so a
-    caption can be checked against any other image (:func:`consistency`).
+    caption can be checked against any other image (:func:`consistency`). ``framed`` False (a crop of
+    the image) leaves out size and position, which a crop changes; the draws from ``rng`` are the same.
     """
     combo = scene.combo
     mentions = {"shape": combo.shape}
     words = []
-    if rng.uniform() < MENTION_SIZE:
+    if rng.uniform() < MENTION_SIZE and framed:
         mentions["size"] = scene.size_word
         words.append(scene.size_word)
     if rng.uniform() >= DROP_COLOUR:
@@ -55,28 +57,28 @@ def sample_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[st
     words.append(combo.shape)
     opening = OPENINGS[int(rng.choice(len(OPENINGS), p=OPENING_WEIGHTS))]
     text = f"{opening} {' '.join(words)}"
-    if rng.uniform() < MENTION_POSITION:
+    if rng.uniform() < MENTION_POSITION and framed:
         mentions["position"] = scene.position_word
         text += f" {scene.position_word}"
     return text + ".", mentions
 
 
-def scene_facts(scene: Scene) -> dict[str, str]:
-    """Everything a caption could say about ``scene``."""
-    return {
-        "colour": scene.combo.colour, "pattern": scene.combo.pattern, "shape": scene.combo.shape,
-        "size": scene.size_word, "position": scene.position_word,
-    }
+def scene_facts(scene: Scene, framed: bool = True) -> dict[str, str]:
+    """Everything a caption could say about ``scene`` (without size and position for a crop of it)."""
+    facts = {"colour": scene.combo.colour, "pattern": scene.combo.pattern, "shape": scene.combo.shape}
+    if framed:
+        facts.update(size=scene.size_word, position=scene.position_word)
+    return facts
 
 
-def consistency(mentions: Sequence[dict[str, str]], scenes: Sequence[Scene]) -> np.ndarray:
-    """``(len(mentions), len(scenes))`` booleans: caption i describes image j correctly.
+def consistency(mentions: Sequence[dict[str, str]], facts: Sequence[dict[str, str]]) -> np.ndarray:
+    """``(len(mentions), len(facts))`` booleans: caption i describes image j (its :func:`scene_facts`)
+    correctly; a caption that mentions what image j's facts leave open does not.
 
     Used as the positives of the contrastive loss: a caption that leaves out the colour fits every
     image of its shape and pattern, not only its own.
     """
-    facts = [scene_facts(scene) for scene in scenes]
-    return np.array([[all(fact[k] == v for k, v in said.items()) for fact in facts] for said in mentions])
+    return np.array([[all(fact.get(k) == v for k, v in said.items()) for fact in facts] for said in mentions])
 
 
 def caption_words() -> list[str]:

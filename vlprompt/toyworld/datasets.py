@@ -12,11 +12,11 @@ DATASET.NAME       folder       domain       classes
 ToyWorld           photo        photo        24 combinations seen in pretraining (the ImageNet analogue)
 ToyWorldSketch     sketch       sketch       the same 24, edges only (ImageNet-Sketch)
 ToyWorldR          rendition    rendition    the same 24, altered palette and style (ImageNet-R)
-ToyWorldA          adversarial  adversarial  the same 24, hard crops and clutter (ImageNet-A)
+ToyWorldA          adversarial  adversarial  the same 24, hard crops, clutter and occluders (ImageNet-A)
 ToyWorldNovel      novel        photo        the 24 (labels 0-23, "base") + 24 held-out combinations
                                              (labels 24-47, "new"): ``SUBSAMPLE_CLASSES base/new`` splits them
-ToyWorldPatterns   patterns     photo        4 classes by pattern alone ("striped"): a class set whose
-                                             hand-crafted prompt ("a photo of a striped.") is poor
+ToyWorldPatterns   patterns     photo        4 classes by pattern alone ("striped"): names of a kind the
+                                             captions never used alone (they always name the shape)
 =================  ===========  ===========  ==============================================================
 
 Every image is a pure function of (world seed, dataset name, label, index), so any subset can be

@@ -191,6 +191,18 @@ def _edges(mask: np.ndarray, width: int) -> np.ndarray:
     return grown & ~shrunk
 
 
+def _distractors(canvas: np.ndarray, size: int, rng: np.random.Generator, count: int, grey: bool) -> np.ndarray:
+    """``count`` small plain shapes anywhere in the frame, grey or in any of the named colours."""
+    for _ in range(count):
+        shape = str(rng.choice(SHAPES))
+        cx, cy = rng.uniform(0, size, size=2)
+        radius = rng.uniform(0.06, 0.11) * size
+        u, v = _local(size, float(cx), float(cy), float(rng.uniform(-math.pi, math.pi)))
+        colour = rng.uniform(90, 200) if grey else _jittered_colour(str(rng.choice(list(COLOURS))), rng)
+        canvas = _composite(canvas, _downsample(shape_mask(shape, u / radius, v / radius)), colour)
+    return canvas
+
+
 def _noise(shape: tuple, rng: np.random.Generator, sigma: float) -> np.ndarray:
     return rng.normal(0.0, sigma, size=shape)
 
@@ -201,11 +213,18 @@ def render(scene: Scene, domain: str, rng: np.random.Generator, size: int = DEFA
     ys = np.linspace(-1.0, 1.0, size)[:, None, None]
     xs = np.linspace(-1.0, 1.0, size)[None, :, None]
     if domain == "photo":
-        background = rng.uniform(190, 245) + rng.uniform(-12, 12, size=3)
-        canvas = np.broadcast_to(background, (size, size, 3)).astype(np.float64)
+        # Mostly light backgrounds, some dark ones; now and then grey clutter or an outlined object.
+        light = rng.uniform() < 0.75
+        background = rng.uniform(170, 245) if light else rng.uniform(30, 110)
+        canvas = np.broadcast_to(background + rng.uniform(-12, 12, size=3), (size, size, 3)).astype(np.float64)
+        if rng.uniform() < 0.3:
+            canvas = _distractors(canvas, size, rng, int(rng.integers(1, 3)), grey=True)
         inside, pattern = _object_masks(scene, size, rng, pattern_scale=1.0)
         base = _jittered_colour(scene.combo.colour, rng)
         canvas = _fill(canvas, inside, pattern, base, _pattern_colour(base, rng))
+        if rng.uniform() < 0.2:
+            outline = ndimage.binary_dilation(inside, iterations=2) & ~inside
+            canvas = _composite(canvas, _downsample(outline), rng.uniform(0, 40))
         # Directional lighting and a brightness change over the whole frame.
         direction = rng.uniform(0, 2 * math.pi)
         shading = 1.0 + 0.12 * (xs * math.cos(direction) + ys * math.sin(direction))
@@ -215,7 +234,7 @@ def render(scene: Scene, domain: str, rng: np.random.Generator, size: int = DEFA
         canvas = np.broadcast_to(paper, (size, size, 3)).astype(np.float64)
         inside, pattern = _object_masks(scene, size, rng, pattern_scale=1.0)
         ink = _jittered_colour(scene.combo.colour, rng, val=0.8)
-        lines = _edges(inside, 1) | (_edges(pattern, 1) & inside)
+        lines = _edges(inside, 2) | (_edges(pattern, 1) & inside)
         # Pencil strokes: thin, slightly broken lines.
         lines &= rng.uniform(size=lines.shape) > 0.12
         canvas = _composite(canvas, np.clip(_downsample(lines) * 1.6, 0, 1), ink)
@@ -234,15 +253,7 @@ def render(scene: Scene, domain: str, rng: np.random.Generator, size: int = DEFA
     else:  # adversarial
         low = ndimage.zoom(rng.uniform(60, 220, size=(4, 4, 3)), (size / 4, size / 4, 1), order=1)
         canvas = low[:size, :size].astype(np.float64)
-        for _ in range(int(rng.integers(3, 7))):  # distractors: small shapes of any colour
-            clutter = Scene(
-                ToyClass(str(rng.choice(list(COLOURS))), "plain", str(rng.choice(SHAPES))),
-                float(rng.uniform(0, size)), float(rng.uniform(0, size)), float(rng.uniform(0.06, 0.11) * size),
-                float(rng.uniform(-math.pi, math.pi)), "small", "in the center",
-            )
-            u, v = _local(size, clutter.cx, clutter.cy, clutter.rotation)
-            mask = shape_mask(clutter.combo.shape, u / clutter.radius, v / clutter.radius)
-            canvas = _composite(canvas, _downsample(mask), _jittered_colour(clutter.combo.colour, rng))
+        canvas = _distractors(canvas, size, rng, int(rng.integers(3, 7)), grey=False)
         inside, pattern = _object_masks(scene, size, rng, pattern_scale=1.0)
         base = _jittered_colour(scene.combo.colour, rng)
         canvas = _fill(canvas, inside, pattern, base, _pattern_colour(base, rng))
