@@ -40,7 +40,7 @@ from vlprompt.engine.data import write_json_atomic
 from vlprompt.toyworld.render import DEFAULT_SIZE, render_class
 from vlprompt.toyworld.world import ToyClass, attribute_classes, held_out_combinations, seen_combinations
 
-GENERATOR_VERSION = 1  # bump when rendering or class selection changes what a seed produces
+GENERATOR_VERSION = 2  # bump when rendering or class selection changes what a seed produces
 WORLD_FOLDER = "toyworld"
 WORLD_FILE = "world.json"
 WORLD_SEED = 0
