@@ -66,10 +66,11 @@ def test_search_reproduces_the_reference_c_search_on_fixed_features(shots, seed)
     coarse, chosen, test_acc = REFERENCE[(shots, seed)]
     result = search_regularization(*reference_sample(train, val, shots, seed), num_step=8)
     assert result.coarse == coarse
-    assert [step.chosen for step in result.steps] == chosen  # bit-identical values of C
+    # The same values of C, to the last bits (a log-space midpoint may round differently per numpy build).
+    assert [step.chosen for step in result.steps] == pytest.approx(chosen, rel=1e-12)
     accuracies = [100 * np.mean(step.classifier.predict(test_x) == test_y) for step in result.steps]
     assert accuracies == pytest.approx(test_acc, abs=1e-9)
-    assert result.c == chosen[-1] and result.classifier is result.steps[-1].classifier
+    assert result.c == result.steps[-1].chosen and result.classifier is result.steps[-1].classifier
 
 
 def test_reusing_fits_gives_the_straightforward_search_with_fewer_fits():

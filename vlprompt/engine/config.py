@@ -51,7 +51,7 @@ class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
 # and ``KEY VALUE`` override written for CoOp-on-Dassl is accepted unchanged; two keys are added (marked).
 # ---------------------------------------------------------------------------------------------------------
 
-_DEFAULTS: dict[str, Any] = {
+DASSL_DEFAULTS: dict[str, Any] = {
     "VERSION": 1,
     "OUTPUT_DIR": "./output",  # where log.txt, tensorboard/ and checkpoints go
     "RESUME": "",  # directory of an earlier run to resume from
@@ -187,7 +187,7 @@ _DEFAULTS: dict[str, Any] = {
 def get_cfg_default() -> CfgNode:
     """A fresh, mutable config holding Dassl 0.6.3's defaults (plus ``DATASET.SUBSAMPLE_CLASSES`` and
     ``DATALOADER.SKIP_CORRUPT_IMAGES``); method keys are added afterwards by ``extend_cfg``."""
-    return CfgNode(copy.deepcopy(_DEFAULTS))
+    return CfgNode(copy.deepcopy(DASSL_DEFAULTS))
 
 
 def add_missing_keys(cfg: CfgNode, defaults: CfgNode) -> CfgNode:

@@ -18,6 +18,8 @@ from torch import nn
 from torch.optim import lr_scheduler as torch_lr_scheduler
 from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, StepLR
 
+from vlprompt.engine.config import DASSL_DEFAULTS
+
 # The public name exists from torch 2.0; torch 1.13 only has the underscored base class.
 LRScheduler = getattr(torch_lr_scheduler, "LRScheduler", torch_lr_scheduler._LRScheduler)
 
@@ -25,30 +27,8 @@ AVAI_OPTIMS = ["adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw"]
 AVAI_SCHEDS = ["single_step", "multi_step", "cosine"]
 AVAI_WARMUPS = ["constant", "linear"]
 
-# Dassl 0.6.3's OPTIM defaults, used only for keys a (partial) config node does not have.
-OPTIM_DEFAULTS: dict[str, Any] = {
-    "NAME": "adam",
-    "LR": 0.0003,
-    "WEIGHT_DECAY": 5e-4,
-    "MOMENTUM": 0.9,
-    "SGD_DAMPNING": 0,
-    "SGD_NESTEROV": False,
-    "RMSPROP_ALPHA": 0.99,
-    "ADAM_BETA1": 0.9,
-    "ADAM_BETA2": 0.999,
-    "STAGED_LR": False,
-    "NEW_LAYERS": (),
-    "BASE_LR_MULT": 0.1,
-    "LR_SCHEDULER": "single_step",
-    "STEPSIZE": (-1,),
-    "GAMMA": 0.1,
-    "MAX_EPOCH": 10,
-    "WARMUP_EPOCH": -1,
-    "WARMUP_TYPE": "linear",
-    "WARMUP_CONS_LR": 1e-5,
-    "WARMUP_MIN_LR": 1e-5,
-    "WARMUP_RECOUNT": True,
-}
+# Dassl 0.6.3's OPTIM defaults (the config's own), used only for keys a (partial) config node does not have.
+OPTIM_DEFAULTS: dict[str, Any] = DASSL_DEFAULTS["OPTIM"]
 
 
 def _opt(optim_cfg: Any, key: str) -> Any:
