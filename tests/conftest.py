@@ -53,3 +53,14 @@ def train_args(root: str, output_dir: Path | str, trainer: str, config: str, *ex
         "--output-dir", str(output_dir),
         *extra,
     ]
+
+
+def written_out(words: list[str], name: str, position: str) -> str:
+    """The prompt a context of ``words`` with the class ``name`` at ``position`` stands for, as text."""
+    name = name.replace("_", " ")
+    if position == "end":
+        return " ".join([*words, name]) + "."
+    if position == "front":
+        return " ".join([name, *words]) + "."
+    half = len(words) // 2
+    return " ".join([*words[:half], name, *words[half:]]) + "."

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_args
+from conftest import train_args, written_out
 from torch import nn
 from yacs.config import CfgNode as CN
 
@@ -85,16 +85,6 @@ def build(pets_root: str, out: Path, tiny_vit: str, *opts: str, trainer: str = "
 
 
 # ----------------------------------------------------------------------------------- logits, exactly
-def written_out(words: list[str], name: str, position: str) -> str:
-    name = name.replace("_", " ")
-    if position == "end":
-        return " ".join([*words, name]) + "."
-    if position == "front":
-        return " ".join([name, *words]) + "."
-    half = len(words) // 2
-    return " ".join([*words[:half], name, *words[half:]]) + "."
-
-
 @pytest.mark.parametrize("position", ["end", "middle", "front"])
 @pytest.mark.parametrize("csc", [False, True])
 def test_coop_logits_equal_clip_forward_on_written_out_prompts(position, csc):

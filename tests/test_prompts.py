@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import written_out
 
 from vlprompt.prompts import PromptLearner, build_text_classifier, tokenize
 from vlprompt.text_encoder import PromptTextEncoder
@@ -22,16 +23,6 @@ def clip_model():
 def word_embeddings(clip_model, words: list[str]) -> torch.Tensor:
     ids = tokenize(" ".join(words))[0, 1 : 1 + len(words)]
     return clip_model.token_embedding(ids).detach()
-
-
-def written_out(words: list[str], name: str, position: str) -> str:
-    name = name.replace("_", " ")
-    if position == "end":
-        return " ".join([*words, name]) + "."
-    if position == "front":
-        return " ".join([name, *words]) + "."
-    half = len(words) // 2
-    return " ".join([*words[:half], name, *words[half:]]) + "."
 
 
 @pytest.mark.parametrize("position", ["end", "middle", "front"])

@@ -630,6 +630,11 @@ def test_scripts_pass_the_reference_modes_to_train_py(tmp_path):
     assert args[args.index("TRAINER.TPT.SHARD") + 1] == "1/4"
     assert args[args.index("--output-dir") + 1].endswith("tpt/rn50/cocoop/I_A_V_R_K/seed0/shard_1_of_4")
     env.pop("SHARD")
+    env.pop("LOADEP")
+    subprocess.run(["bash", str(REPO_ROOT / "scripts/tpt/coop.sh"), "rn50", "A", "/models/coop.pth"], env=env, check=True)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[args.index("TRAINER.TPT.LOAD") + 1] == "/models/coop.pth" and "--eval-only" not in args
+    assert args[args.index("--output-dir") + 1].endswith("tpt/rn50/coop/A/seed0")
     subprocess.run(["bash", str(REPO_ROOT / "scripts/tpt/words.sh"), "vit_b16", "finegrained"], env=env, check=True)
     args = (tmp_path / "args").read_text().splitlines()
     assert args[args.index("TRAINER.TPT.TEST_SETS") + 1].startswith("Flower102/DTD/Pets")

@@ -11,17 +11,8 @@ SEED=$2
 shift 2
 
 COMMON_DIR=${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}
-MODEL_DIR=${OUTPUT_ROOT}/base2new/train_base/${COMMON_DIR}
-LOADEP=${LOADEP:-$("$PYTHON" -m vlprompt.last_epoch "$MODEL_DIR" "configs/trainers/${TRAINER}/${CFG}.yaml")}
-
-run_train "${OUTPUT_ROOT}/base2new/test_${SUB}/${COMMON_DIR}" \
-  --seed "$SEED" \
-  --trainer "$TRAINER" \
-  --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-  --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-  --model-dir "$MODEL_DIR" \
-  --load-epoch "$LOADEP" \
-  --eval-only \
+run_eval "${OUTPUT_ROOT}/base2new/test_${SUB}/${COMMON_DIR}" "${OUTPUT_ROOT}/base2new/train_base/${COMMON_DIR}" \
+  "$DATASET" "$SEED" \
   DATASET.NUM_SHOTS "$SHOTS" \
   DATASET.SUBSAMPLE_CLASSES "$SUB" \
   "$@"

@@ -9,15 +9,5 @@ DATASET=$1
 SEED=$2
 shift 2
 
-MODEL_DIR=${OUTPUT_ROOT}/${SOURCE}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}
-LOADEP=${LOADEP:-$("$PYTHON" -m vlprompt.last_epoch "$MODEL_DIR" "configs/trainers/${TRAINER}/${CFG}.yaml")}
-
-run_train "${OUTPUT_ROOT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}" \
-  --seed "$SEED" \
-  --trainer "$TRAINER" \
-  --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-  --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
-  --model-dir "$MODEL_DIR" \
-  --load-epoch "$LOADEP" \
-  --eval-only \
-  "$@"
+run_eval "${OUTPUT_ROOT}/evaluation/${TRAINER}/${CFG}_${SHOTS}shots/${DATASET}/seed${SEED}" \
+  "${OUTPUT_ROOT}/${SOURCE}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}" "$DATASET" "$SEED" "$@"

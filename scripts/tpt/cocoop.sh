@@ -4,12 +4,4 @@
 #   TRAINER.TPT.COCOOP_RAW_FEATURE True feeds the meta-net the unnormalised feature, as the reference code.
 #   e.g. DATA=/data LOADEP=10 bash scripts/tpt/cocoop.sh vit_b16 finegrained output/imagenet/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1_16shots/seed1
 source "$(dirname "$0")/common_tpt.sh"
-CFG=$1
-SETS=$2
-MODEL=$3
-shift 3
-if [ -n "${LOADEP:-}" ]; then
-  run_tpt cocoop "$CFG" "$SETS" --eval-only --model-dir "$MODEL" --load-epoch "$LOADEP" "$@"
-else
-  run_tpt cocoop "$CFG" "$SETS" TRAINER.TPT.LOAD "$MODEL" "$@"
-fi
+run_tpt_from cocoop "$@"

@@ -35,3 +35,15 @@ run_tpt() {
     TRAINER.TPT.TEST_SETS "$sets" \
     ${shard_args[@]+"${shard_args[@]}"}
 }
+
+# run_tpt_from MODE CFG SETS MODEL ARGS...: TPT starting from a learned context. MODEL is a run folder
+# (LOADEP picks its epoch, default model-best, else the latest) or a checkpoint file.
+run_tpt_from() {
+  local mode=$1 cfg=$2 sets=$3 model=$4
+  shift 4
+  if [ -n "${LOADEP:-}" ]; then
+    run_tpt "$mode" "$cfg" "$sets" --eval-only --model-dir "$model" --load-epoch "$LOADEP" "$@"
+  else
+    run_tpt "$mode" "$cfg" "$sets" TRAINER.TPT.LOAD "$model" "$@"
+  fi
+}

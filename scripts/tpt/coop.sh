@@ -4,12 +4,4 @@
 #   folder (default: model-best, else the latest). Any N_CTX works; the reference used 4 tokens.
 #   e.g. DATA=/data LOADEP=50 bash scripts/tpt/coop.sh rn50 shifts output/imagenet/CoOp/rn50_ep50_16shots/nctx4_cscFalse_ctpend/seed1
 source "$(dirname "$0")/common_tpt.sh"
-CFG=$1
-SETS=$2
-MODEL=$3
-shift 3
-if [ -n "${LOADEP:-}" ]; then
-  run_tpt coop "$CFG" "$SETS" --eval-only --model-dir "$MODEL" --load-epoch "$LOADEP" "$@"
-else
-  run_tpt coop "$CFG" "$SETS" TRAINER.TPT.LOAD "$MODEL" "$@"
-fi
+run_tpt_from coop "$@"
