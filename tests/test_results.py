@@ -628,3 +628,14 @@ def test_parse_test_res_on_real_runs(real_runs, capsys):
     out = capsys.readouterr().out
     values = [round(v, 1) for v in accuracy[("CoOp", 2)]]
     assert f"* accuracy: {np.mean(values):.2f}% +- {np.std(values):.2f}%" in out
+
+
+def test_missing_legend_only_when_a_cell_is_missing():
+    from vlprompt.results import Cell, Table
+    from vlprompt.results.render import to_markdown
+
+    table = Table("tpt", "T", ["Method"], ["A", "B"], notes=["a note"])
+    table.rows.append((["TPT"], [Cell(55.0), Cell(40.0)]))
+    assert "missing (no run found)" not in to_markdown(table) and "- a note" in to_markdown(table)
+    table.rows.append((["CoOp"], [Cell(50.0), None]))
+    assert "- –: missing (no run found)." in to_markdown(table)

@@ -311,7 +311,7 @@ def test_demo_runs_every_step_and_prints_the_tables(tmp_path, capsys, monkeypatc
     assert [(r.method, r.dataset, r.classes) for r in runs] == [
         ("ZeroshotCLIP", "ToyWorld", "all"), ("ZeroshotCLIP", "ToyWorldSketch", "all"),
         ("ZeroshotCLIP", "ToyWorldR", "all"), ("ZeroshotCLIP", "ToyWorldA", "all"),
-        ("CoOp", "ToyWorldSketch", "all"),
+        ("LinearProbeCLIP", "ToyWorldSketch", "all"), ("CoOp", "ToyWorldSketch", "all"),
         ("ZeroshotCLIP", "ToyWorldNovel", "base"), ("ZeroshotCLIP", "ToyWorldNovel", "new"),
         ("CoCoOp", "ToyWorldNovel", "base"), ("CoCoOp", "ToyWorldNovel", "new"),
         ("GenPT", "ToyWorldNovel", "base"), ("GenPT", "ToyWorldNovel", "new"),

@@ -6,7 +6,7 @@ bundled micro CLIP (``MODEL.BACKBONE.NAME micro-clip``), so nothing is downloade
 1. zero-shot CLIP ("a photo of a {}.") on the photo domain and its three shifts (sketch, rendition,
    adversarial: the ImageNet-Sketch/-R/-A analogues);
 2. CoOp with a few shots on the sketch domain, where the hand-crafted prompt fits the line drawings
-   poorly (class-specific contexts, as CoOp's CSC);
+   poorly (class-specific contexts, as CoOp's CSC), beside the linear probe on the same shots;
 3. CoCoOp and 4. GenPT base-to-new on ToyWorldNovel: trained on the base classes, tested on base and
    on new classes made of attribute combinations the micro CLIP never saw;
 5. TPT on the adversarial domain (small crops of clutter), tuning the prompt for each test image.
@@ -42,6 +42,7 @@ ZERO_SHOT_CFG = "trainers/CoOp/vit_b16.yaml"
 COOP_CFG = "trainers/CoOp/vit_b16_ep100.yaml"
 COOP_OPTS = ["TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.CSC", "True", "OPTIM.LR", "0.02",
              "INPUT.TRANSFORMS", "['normalize']"]
+LINEAR_PROBE_CFG = "trainers/LinearProbeCLIP/vit_b16.yaml"
 COCOOP_CFG = "trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 COCOOP_OPTS = ["TRAINER.COCOOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "5"]
 GENPT_CFG = "trainers/GenPT/vit_b16_c4_ep10_batch4_ctxv1.yaml"
@@ -128,7 +129,11 @@ def step_zero_shot(ctx: DemoContext) -> None:
 
 
 def step_coop(ctx: DemoContext) -> None:
-    """CoOp with ``ctx.shots`` shots per class where the hand-crafted prompt is poor."""
+    """CoOp with ``ctx.shots`` shots per class where the hand-crafted prompt is poor, and the linear
+    probe on the same shots (CoOp's few-shot baseline)."""
+    out = ctx.output_dir("few_shot", FEW_SHOT_DATASET, "LinearProbeCLIP", f"{ctx.shots}shots", f"seed{ctx.seed}")
+    ctx.train("LinearProbeCLIP", FEW_SHOT_DATASET, LINEAR_PROBE_CFG, out, "DATASET.NUM_SHOTS", str(ctx.shots),
+              shots=ctx.shots)
     out = ctx.output_dir("few_shot", FEW_SHOT_DATASET, "CoOp", f"vit_b16_ep100_{ctx.shots}shots_csc", f"seed{ctx.seed}")
     ctx.train("CoOp", FEW_SHOT_DATASET, COOP_CFG, out, "DATASET.NUM_SHOTS", str(ctx.shots), *COOP_OPTS,
               shots=ctx.shots)
@@ -169,7 +174,7 @@ def step_tpt(ctx: DemoContext) -> None:
 # (name, function): run in this order; a step reads nothing but the context and earlier runs.
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("zero-shot CLIP", step_zero_shot),
-    ("CoOp, few shots", step_coop),
+    ("linear probe and CoOp, few shots", step_coop),
     ("CoCoOp, base-to-new", step_cocoop),
     ("GenPT, base-to-new", step_genpt),
     ("TPT, shifted domain", step_tpt),

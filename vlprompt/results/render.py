@@ -57,7 +57,9 @@ def to_markdown(table: Table) -> str:
 
 
 def _notes(table: Table) -> list[str]:
-    return [f"{MISSING_MARK}: missing (no run found)."] + list(table.notes)
+    """The table's notes, after the missing-cell legend when a cell is missing."""
+    missing = any(cell is None for _, cells in table.rows for cell in cells)
+    return [f"{MISSING_MARK}: missing (no run found)."] * missing + list(table.notes)
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
