@@ -27,20 +27,23 @@ run_train() {
   "$PYTHON" train.py --root "$DATA" --output-dir "$dir" "$@"
 }
 
+# run_method DIR DATASET SEED ARGS...: run_train for the $TRAINER/$CFG config on DATASET with SEED.
+run_method() {
+  local dir=$1 dataset=$2 seed=$3
+  shift 3
+  run_train "$dir" \
+    --seed "$seed" \
+    --trainer "$TRAINER" \
+    --dataset-config-file "configs/datasets/${dataset}.yaml" \
+    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+    "$@"
+}
+
 # run_eval OUT_DIR MODEL_DIR DATASET SEED [KEY VALUE ...]: evaluate the $TRAINER/$CFG model trained in
 # MODEL_DIR on DATASET; LOADEP defaults to the config's last epoch, so CoOp configs need no hand edit.
 run_eval() {
   local out=$1 model_dir=$2 dataset=$3 seed=$4
   shift 4
-  local config="configs/trainers/${TRAINER}/${CFG}.yaml"
-  local epoch=${LOADEP:-$("$PYTHON" -m vlprompt.last_epoch "$model_dir" "$config")}
-  run_train "$out" \
-    --seed "$seed" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${dataset}.yaml" \
-    --config-file "$config" \
-    --model-dir "$model_dir" \
-    --load-epoch "$epoch" \
-    --eval-only \
-    "$@"
+  local epoch=${LOADEP:-$("$PYTHON" -m vlprompt.last_epoch "$model_dir" "configs/trainers/${TRAINER}/${CFG}.yaml")}
+  run_method "$out" "$dataset" "$seed" --model-dir "$model_dir" --load-epoch "$epoch" --eval-only "$@"
 }

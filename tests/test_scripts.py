@@ -133,3 +133,19 @@ def test_missing_data_root_is_a_clear_error(tmp_path, data):
     expected = "set DATA to the folder that holds the datasets" if data is None else f"DATA={data} is not a directory"
     assert expected in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_lpclip_main_passes_the_layout_and_shots_to_train_py(tmp_path):
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "DATA": str(tmp_path), "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"),
+           "OUTPUT_ROOT": str(tmp_path / "out"), "SEEDS": "2"}
+    subprocess.run(["bash", str(REPO / "scripts/lpclip/main.sh"), "oxford_pets", "rn50", "4", "OPTIM.LR", "0.1"],
+                   env=env, check=True)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[args.index("--output-dir") + 1] == str(tmp_path / "out/oxford_pets/LinearProbeCLIP/rn50_4shots/seed2")
+    assert args[args.index("--seed") + 1] == "2" and args[args.index("--trainer") + 1] == "LinearProbeCLIP"
+    assert args[args.index("--config-file") + 1] == "configs/trainers/LinearProbeCLIP/rn50.yaml"
+    assert args[args.index("--dataset-config-file") + 1] == "configs/datasets/oxford_pets.yaml"
+    assert args[-4:] == ["DATASET.NUM_SHOTS", "4", "OPTIM.LR", "0.1"]

@@ -9,11 +9,7 @@ DATASET=$1
 SEED=$2
 shift 2
 
-run_train "${OUTPUT_ROOT}/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}" \
-  --seed "$SEED" \
-  --trainer "$TRAINER" \
-  --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-  --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+run_method "${OUTPUT_ROOT}/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}" "$DATASET" "$SEED" \
   DATASET.NUM_SHOTS "$SHOTS" \
   DATASET.SUBSAMPLE_CLASSES base \
   "$@"

@@ -8,10 +8,6 @@ DATASET=${SOURCE_DATASET:-imagenet}
 SEED=$1
 shift 1
 
-run_train "${OUTPUT_ROOT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}" \
-  --seed "$SEED" \
-  --trainer "$TRAINER" \
-  --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-  --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+run_method "${OUTPUT_ROOT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}" "$DATASET" "$SEED" \
   DATASET.NUM_SHOTS "$SHOTS" \
   "$@"

@@ -14,11 +14,7 @@ LOADEP=${LOADEP:-50}
 
 for SEED in ${SEEDS:-1 2 3}; do
   COMMON=${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}
-  run_train "${OUTPUT_ROOT}/evaluation/${COMMON}/${DATASET}/seed${SEED}" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+  run_method "${OUTPUT_ROOT}/evaluation/${COMMON}/${DATASET}/seed${SEED}" "$DATASET" "$SEED" \
     --model-dir "${OUTPUT_ROOT}/imagenet/${COMMON}/seed${SEED}" \
     --load-epoch "$LOADEP" \
     --eval-only \

@@ -11,11 +11,7 @@ CSC=$6    # class-specific context (False or True)
 shift 6
 
 for SEED in ${SEEDS:-1 2 3}; do
-  run_train "${OUTPUT_ROOT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+  run_method "${OUTPUT_ROOT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/nctx${NCTX}_csc${CSC}_ctp${CTP}/seed${SEED}" "$DATASET" "$SEED" \
     TRAINER.COOP.N_CTX "$NCTX" \
     TRAINER.COOP.CSC "$CSC" \
     TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP" \

@@ -11,11 +11,7 @@ SHOTS=$3
 shift 3
 
 for SEED in ${SEEDS:-1 2 3}; do
-  run_train "${OUTPUT_ROOT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "configs/datasets/${DATASET}.yaml" \
-    --config-file "configs/trainers/${TRAINER}/${CFG}.yaml" \
+  run_method "${OUTPUT_ROOT}/${DATASET}/${TRAINER}/${CFG}_${SHOTS}shots/seed${SEED}" "$DATASET" "$SEED" \
     DATASET.NUM_SHOTS "$SHOTS" \
     "$@"
 done
