@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from vlprompt.compat import DatasetBase, Datum
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.data import load_or_create_fewshot, subsample_classes
+from vlprompt.errors import UserError
 from vlprompt.splits import dataset_root, fewshot_and_subsample, read_split, try_save_split
 
 LAYOUTS = ("coop", "tpt")
@@ -43,7 +44,7 @@ def dataset_layout(cfg) -> str:
     return layout
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(UserError, FileNotFoundError):
     """A dataset file or folder is missing; the message names it, the expected layout and the docs."""
 
 

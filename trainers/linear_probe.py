@@ -132,6 +132,8 @@ def search_regularization(train_x: np.ndarray, train_y: np.ndarray, val_x: np.nd
 class LinearProbeCLIP(TrainerX):
     """Frozen CLIP image encoder + a logistic-regression head; "training" fits the head once."""
 
+    CONFIG_SECTION = "LINEAR_PROBE"  # its keys (vlprompt.engine.fingerprint.method_section)
+
     def check_cfg(self, cfg) -> None:
         lp = cfg.TRAINER.LINEAR_PROBE
         if not lp.SEARCH_LIST or any(float(c) <= 0 for c in lp.SEARCH_LIST):

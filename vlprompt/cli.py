@@ -15,6 +15,7 @@ from vlprompt.engine.config import extend_cfg, merge_from_file, merge_from_list
 from vlprompt.engine.data import report_skipped_images
 from vlprompt.engine.logging import setup_logger, teardown_logger
 from vlprompt.engine.seeding import set_random_seed
+from vlprompt.errors import UserPermissionError, run_cli
 from vlprompt.run_record import utc_now, write_run_record
 
 
@@ -135,7 +136,7 @@ def check_output_dir(path: str) -> None:
             handle.write("ok")
         os.remove(probe)
     except OSError as err:
-        raise PermissionError(
+        raise UserPermissionError(
             f"OUTPUT_DIR {path!r} is not writable ({err.strerror or err}); pass another --output-dir"
         ) from err
 
@@ -184,9 +185,15 @@ def run(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None):
-    """Entry point of ``train.py`` and the ``vlprompt-train`` command."""
+    """Entry point of ``train.py`` and the ``vlprompt-train`` command: a user's mistake prints one
+    message and exits 2, Ctrl-C one line and exits 130 (``VLPROMPT_DEBUG=1`` shows tracebacks)."""
     args = build_parser().parse_args(argv)
-    return run(args)
+
+    def resume_hint() -> str:
+        where = f" into {args.output_dir}" if args.output_dir else ""
+        return f"run the same command again to resume{where}" if not args.eval_only else "nothing was written"
+
+    return run_cli(lambda: run(args), program="train.py", resume_hint=resume_hint)
 
 
 if __name__ == "__main__":

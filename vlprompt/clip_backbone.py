@@ -14,7 +14,6 @@ Environment variables:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
@@ -30,6 +29,8 @@ import torch
 from torch import nn
 
 import vlprompt  # noqa: F401 - installs the torchvision shim that ``import clip`` needs on CPU torch
+from vlprompt.errors import UserError
+from vlprompt.io import file_sha256
 
 CLIP_DIR_ENV = "VLPROMPT_CLIP_DIR"
 OFFLINE_ENV = "VLPROMPT_OFFLINE"
@@ -44,11 +45,11 @@ _JIT_DEPRECATION = r"`?torch\.jit\.\w+`? is deprecated"
 BUNDLED_WEIGHTS: dict[str, str] = {"micro-clip": "toyworld/weights/micro_clip.pt"}
 
 
-class ClipWeightsNotFoundError(FileNotFoundError):
+class ClipWeightsNotFoundError(UserError, FileNotFoundError):
     """The CLIP weights asked for are not on disk and could not be downloaded (or the name is unknown)."""
 
 
-class InvalidClipCheckpointError(ValueError):
+class InvalidClipCheckpointError(UserError, ValueError):
     """A file exists but holds no CLIP weights that ``clip.model.build_model`` can use."""
 
 
@@ -126,14 +127,6 @@ def _download_file(url: str, dest: Path) -> None:
                 progress.update(len(chunk))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _how_to_provide(name: str, filename: str, folder: Path, url: str) -> str:
     return (
         f"To provide them: copy {filename} (OpenAI's release, {url}) into {folder}; "
@@ -203,7 +196,7 @@ def _resolve_model_name(name: str, url: str) -> Path:
         os.close(handle)
         temp_path = Path(temp_name)
         _download_file(url, temp_path)
-        actual_sha256 = _sha256(temp_path)
+        actual_sha256 = file_sha256(temp_path)
         if actual_sha256 != expected_sha256:
             raise ClipWeightsNotFoundError(
                 f"{looked_for} It was downloaded from {url}, but its SHA256 {actual_sha256} does not match "

@@ -15,6 +15,7 @@ from vlprompt.clip_backbone import apply_precision, clip_input_resolution, load_
 from vlprompt.compat import TrainerX
 from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
+from vlprompt.errors import UserError
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 # Buffers that CoOp-family checkpoints carry but that belong to the class set they were trained on:
@@ -23,7 +24,7 @@ CLASS_SET_BUFFERS = ("token_prefix", "token_suffix")
 PROMPT_LEARNER = "prompt_learner"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A prompt checkpoint does not fit the model built from the current config."""
 
 

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from vlprompt.errors import UserError
+
 __all__ = [
     "TRUST_ENV_VAR",
     "CheckpointError",
@@ -58,7 +60,7 @@ _DAMAGED_FILE_MARKERS = ("PytorchStreamReader", "zip archive", "unexpected EOF",
 _PICKLE_PROTO_OPCODE = 0x80
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be loaded as asked; the message names the file and the fix."""
 
 

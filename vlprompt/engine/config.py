@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
+from vlprompt.errors import UserError
+
 CN = CfgNode
 
 __all__ = [
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message names the file/key and the fix."""
 
 

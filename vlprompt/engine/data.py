@@ -31,6 +31,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from vlprompt.engine import distributed
 from vlprompt.engine.registry import DATASET_REGISTRY
+from vlprompt.errors import UserError
 
 # ------------------------------------------------------------------------------------------- Datum
 
@@ -650,11 +651,11 @@ class _WorkerSafeMessage:
         super().__init__(*args)
 
 
-class ImageReadError(_WorkerSafeMessage, OSError):
+class ImageReadError(_WorkerSafeMessage, UserError, OSError):
     """An image that exists but cannot be decoded; the message names the file."""
 
 
-class ImageNotFoundError(_WorkerSafeMessage, FileNotFoundError):
+class ImageNotFoundError(_WorkerSafeMessage, UserError, FileNotFoundError):
     """An image listed by the dataset that is gone; the message names the file."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, TypeVar
 
+from vlprompt.errors import UserKeyError
+
 T = TypeVar("T")
 
 
@@ -35,7 +37,7 @@ class Registry:
     def get(self, name: str) -> Any:
         """The object registered as ``name``; a KeyError lists the valid names and the closest one."""
         if name not in self._obj_map:
-            raise KeyError(self.unknown_message(name))
+            raise UserKeyError(self.unknown_message(name))
         return self._obj_map[name]
 
     def unknown_message(self, name: str) -> str:

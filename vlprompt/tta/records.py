@@ -22,6 +22,7 @@ from tabulate import tabulate
 
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.evaluation import build_evaluator
+from vlprompt.errors import UserError
 
 FORMAT = "vlprompt-tpt-predictions-v1"
 PREDICTIONS_DIR = "tpt_predictions"
@@ -30,7 +31,7 @@ SHARD_ENV = "VLPROMPT_TPT_SHARD"
 COMPATIBLE_FIELDS = ("format", "dataset", "split", "num_items", "items_hash", "num_classes", "seed", "settings")
 
 
-class PredictionLogError(ValueError):
+class PredictionLogError(UserError, ValueError):
     """A prediction log that cannot be continued or merged; the message names the file and the fix."""
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vlprompt.engine.checkpoint import BEST_FILE, EPOCH_FILE_PREFIX, load_checkpoint, read_checkpoint_pointer
+from vlprompt.errors import UserError
 from vlprompt.prompts import PromptLearner
 
 # Buffers that belong to the class set a checkpoint was trained on; never part of a kind's signature.
@@ -28,7 +29,7 @@ CLASS_SET_BUFFERS = ("token_prefix", "token_suffix")
 PROMPT_LEARNER_DIR = "prompt_learner"
 
 
-class UnknownCheckpointError(ValueError):
+class UnknownCheckpointError(UserError, ValueError):
     """A checkpoint whose keys match no registered kind (CoOp, CoCoOp, ...)."""
 
 
