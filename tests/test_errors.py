@@ -74,3 +74,19 @@ def test_train_py_unknown_trainer_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith('train.py: error: "CoOpp" is not a registered trainer name. Did you mean "CoOp"?')
+
+
+def test_library_log_records_reach_the_run_log(tmp_path):
+    import logging
+
+    from vlprompt.engine.logging import setup_logger, teardown_logger
+
+    path = setup_logger(str(tmp_path))
+    try:
+        logging.getLogger("vlprompt.datasets.example").warning("class 3 has 2 images, 4 shots asked")
+        logging.getLogger("vlprompt.engine").info("plain line")
+    finally:
+        teardown_logger()
+    from pathlib import Path
+
+    assert Path(path).read_text().splitlines() == ["Warning: class 3 has 2 images, 4 shots asked", "plain line"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -41,6 +42,41 @@ class _Tee:
             self.file.close()
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes records to whatever ``sys.stdout`` is when they are emitted, so they reach the run's log
+    file through the tee exactly like the lines the engine prints."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:  # StreamHandler assigns it; the live sys.stdout wins
+        pass
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Info lines as they are; warnings and errors prefixed with their level, as users read them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname.capitalize()}: {message}"
+
+
+def setup_console_logging(level: int = logging.INFO) -> None:
+    """Send the ``vlprompt`` loggers (library, trainers, datasets) to the console and log file; once."""
+    logger = logging.getLogger("vlprompt")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(_ConsoleFormatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def log_file_path(output: str) -> str:
     """Where a run logging into ``output`` writes: ``log.txt``, or a timestamped name if that exists."""
     if output.endswith((".txt", ".log")):
@@ -61,6 +97,7 @@ def setup_logger(output: str | None) -> str | None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     teardown_logger()
     sys.stdout = _Tee(sys.stdout, path)
+    setup_console_logging()
     return path
 
 
