@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import vlprompt.engine.checkpoint as ckpt
+import vlprompt.io
 from vlprompt.engine.checkpoint import (
     TRUST_ENV_VAR,
     CheckpointError,
@@ -316,7 +316,7 @@ def test_restricted_unpickler_fallback_for_torch_before_2_6(tmp_path, monkeypatc
     """Older torch cannot alias pickled names; the restricted unpickler must give the same result."""
     path = str(tmp_path / "model.pth.tar-2")
     model, successor = _dassl_style_checkpoint(path, T_max=10)
-    monkeypatch.setattr(ckpt, "_GLOBAL_ALIASES_SUPPORTED", False)
+    monkeypatch.setattr(vlprompt.io, "_GLOBAL_ALIASES_SUPPORTED", False)
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["state_dict"]["weight"], model.state_dict()["weight"])
     assert loaded["scheduler"]["successor"].state_dict() == successor.state_dict()

@@ -5,7 +5,11 @@ which formats are accepted is decided here only. ``MODEL.BACKBONE.NAME`` is eith
 (``RN50`` … ``ViT-L/14@336px``), looked up as clip's file name (``ViT-B-16.pt``) in :func:`clip_weights_dir`
 and downloaded only when absent and allowed, the name of weights shipped inside vlprompt
 (:data:`BUNDLED_WEIGHTS`: ``micro-clip``, pretrained on the toy world), or the path of a checkpoint file
-(a TorchScript archive as OpenAI ships, or a plain state dict; fp16 or fp32).
+(a TorchScript archive as OpenAI ships, or a plain state dict; fp16 or fp32). Files are read by
+:mod:`vlprompt.io`, which never runs code stored in them (no ``torch.jit.load``, no unrestricted pickle).
+
+Every model loaded is noted (:func:`loaded_weights`): the file, its SHA-256 and the architecture its
+tensors really have, which the run's log and ``run.json`` record.
 
 Environment variables:
     VLPROMPT_CLIP_DIR   folder holding the OpenAI ``.pt`` files (default: clip's cache ``~/.cache/clip``)
@@ -14,6 +18,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -22,6 +27,7 @@ import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ from torch import nn
 
 import vlprompt  # noqa: F401 - installs the torchvision shim that ``import clip`` needs on CPU torch
 from vlprompt.errors import UserError
-from vlprompt.io import file_sha256
+from vlprompt.io import CheckpointError, UnsafeCheckpointError, file_sha256, load_weights_file
 
 CLIP_DIR_ENV = "VLPROMPT_CLIP_DIR"
 OFFLINE_ENV = "VLPROMPT_OFFLINE"
@@ -40,7 +46,20 @@ CLIP_CACHE_SIZE = 2  # models kept by load_clip_cached; real CLIPs are 0.3-1.7 G
 
 # Keys every OpenAI CLIP state dict has; build_model reads them to infer the architecture.
 _REQUIRED_KEYS = ("text_projection", "token_embedding.weight", "positional_embedding", "ln_final.weight")
-_JIT_DEPRECATION = r"`?torch\.jit\.\w+`? is deprecated"
+# OpenAI's released CLIPs by the shapes build_model reads: (vision family, vision width, vision layers,
+# patch size, image resolution, embedding size, text width, text layers) -> model name.
+_OPENAI_ARCHITECTURES: dict[tuple, str] = {
+    ("ResNet", 64, (3, 4, 6, 3), None, 224, 1024, 512, 12): "RN50",
+    ("ResNet", 64, (3, 4, 23, 3), None, 224, 512, 512, 12): "RN101",
+    ("ResNet", 80, (4, 6, 10, 6), None, 288, 640, 640, 12): "RN50x4",
+    ("ResNet", 96, (6, 8, 18, 8), None, 384, 768, 768, 12): "RN50x16",
+    ("ResNet", 128, (3, 15, 36, 10), None, 448, 1024, 1024, 12): "RN50x64",
+    ("ViT", 768, 12, 32, 224, 512, 512, 12): "ViT-B/32",
+    ("ViT", 768, 12, 16, 224, 512, 512, 12): "ViT-B/16",
+    ("ViT", 1024, 24, 14, 224, 768, 768, 12): "ViT-L/14",
+    ("ViT", 1024, 24, 14, 336, 768, 768, 12): "ViT-L/14@336px",
+}
+log = logging.getLogger(__name__)
 # Names of CLIP weights that ship inside the package -> their files, relative to this folder.
 BUNDLED_WEIGHTS: dict[str, str] = {"micro-clip": "toyworld/weights/micro_clip.pt"}
 
@@ -219,37 +238,27 @@ def _resolve_model_name(name: str, url: str) -> Path:
 
 
 def load_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The CLIP state dict in ``path`` (on CPU, dtypes as stored).
+    """The CLIP state dict in ``path`` (on CPU, dtypes as stored), read without running code from the file.
 
-    Accepts a TorchScript archive (OpenAI's releases) or a ``torch.save``'d state dict, also one wrapped
-    under ``"state_dict"`` or ``"model"`` or saved from ``DataParallel`` (``module.`` prefixes).
+    Accepts a TorchScript archive (OpenAI's releases; read by :func:`vlprompt.io.read_torchscript_state_dict`,
+    not ``torch.jit.load``) or a ``torch.save``'d state dict (``weights_only``), also one wrapped under
+    ``"state_dict"`` or ``"model"`` or saved from ``DataParallel`` (``module.`` prefixes). A file that needs
+    code to be read raises :class:`vlprompt.io.UnsafeCheckpointError` unless ``VLPROMPT_TRUST_CHECKPOINTS=1``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise ClipWeightsNotFoundError(f"CLIP checkpoint {path} does not exist (or is not a file)")
-    state = _load_torchscript_state(path)
-    if state is None:
-        try:
-            # weights_only: a checkpoint file may come from anywhere, so never unpickle arbitrary objects.
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise InvalidClipCheckpointError(
-                f"{path} is not a CLIP checkpoint: it is neither a TorchScript archive nor a state dict that "
-                f"torch.load(weights_only=True) can read ({type(err).__name__}: {str(err).splitlines()[0]}). "
-                f"Pass an OpenAI .pt file or a file written by torch.save(model.state_dict())."
-            ) from err
+    try:
+        state = load_weights_file(path)
+    except UnsafeCheckpointError:
+        raise  # names the file, what would run, and the opt-in
+    except CheckpointError as err:
+        raise InvalidClipCheckpointError(
+            f"{path} is not a CLIP checkpoint: it is neither a TorchScript archive nor a state dict that can be "
+            f"read without running code ({err}). Pass an OpenAI .pt file or a file written by "
+            f"torch.save(model.state_dict())."
+        ) from err
     return _clip_state_from(state, path)
-
-
-def _load_torchscript_state(path: Path) -> dict[str, torch.Tensor] | None:
-    """The state dict of a TorchScript archive, or None when the file is not one."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=DeprecationWarning)
-        try:
-            archive = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError):  # a state-dict zip lacks constants.pkl; other files aren't zips
-            return None
-    return dict(archive.state_dict())
 
 
 def _clip_state_from(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -282,14 +291,84 @@ def _looks_like_clip(state: Mapping) -> bool:
     return all(key in state or f"module.{key}" in state for key in _REQUIRED_KEYS)
 
 
-def load_clip(name: str, device: str | torch.device = "cpu") -> nn.Module:
-    """A ``clip.model.CLIP`` for ``MODEL.BACKBONE.NAME``, in eval mode on ``device``.
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights a model was built from: ``file`` (absolute path, or the bundled name), its
+    ``sha256``, and the ``architecture`` its tensors have (an OpenAI name or a description)."""
 
-    Built with clip's ``build_model``, so its weights are fp16 wherever OpenAI's are (as CoOp's
-    ``load_clip_to_cpu``); pass it to :func:`apply_precision` for the trainer's ``PREC``.
-    """
-    path = resolve_clip_weights(name)
+    file: str
+    sha256: str
+    architecture: str
+
+    def as_record(self) -> dict[str, str]:
+        """The ``"weights"`` object of ``run.json``."""
+        return asdict(self)
+
+
+def clip_architecture(state: Mapping[str, torch.Tensor]) -> str:
+    """The architecture a CLIP state dict really has, from its tensor shapes (as ``build_model`` reads
+    them): an OpenAI model name such as ``"ViT-B/16"`` or ``"RN50"``, else a description such as
+    ``"ViT width 64, 2 layers, patch 16, 224 px"``."""
+    try:
+        if "visual.proj" in state:
+            width, patch = state["visual.conv1.weight"].shape[0], state["visual.conv1.weight"].shape[-1]
+            layers = sum(1 for k in state if k.startswith("visual.") and k.endswith(".attn.in_proj_weight"))
+            grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            family, resolution = "ViT", patch * grid
+            description = f"ViT width {width}, {layers} layers, patch {patch}, {resolution} px"
+        else:
+            family, patch = "ResNet", None
+            layers = tuple(
+                len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{block}.")}) for block in (1, 2, 3, 4)
+            )
+            width = state["visual.layer1.0.conv1.weight"].shape[0]
+            resolution = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5) * 32
+            description = f"ResNet width {width}, blocks {'-'.join(map(str, layers))}, {resolution} px"
+        text_layers = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
+        signature = (family, int(width), layers, patch, int(resolution), int(state["text_projection"].shape[1]),
+                     int(state["ln_final.weight"].shape[0]), text_layers)
+    except (KeyError, IndexError, AttributeError) as err:
+        return f"unrecognised CLIP layout (no {err})"
+    return _OPENAI_ARCHITECTURES.get(signature, description)
+
+
+def _named_architecture(name: str, path: Path) -> str | None:
+    """The OpenAI model a backbone name or file name claims to be (``ViT-B/16``, ``ViT-B-16.pt``), if any."""
+    urls = clip_model_urls()
+    if name in urls:
+        return name
+    return next((model for model, url in urls.items() if os.path.basename(url) == path.name), None)
+
+
+def describe_weights(name: str, path: Path, state: Mapping[str, torch.Tensor]) -> WeightsInfo:
+    """The :class:`WeightsInfo` of ``state``, read from ``path`` for ``MODEL.BACKBONE.NAME`` ``name``."""
+    file = name if name in BUNDLED_WEIGHTS else os.path.abspath(path)
+    return WeightsInfo(file=file, sha256=file_sha256(path), architecture=clip_architecture(state))
+
+
+_loaded_weights: dict[str, WeightsInfo] = {}
+
+
+def loaded_weights(name: str) -> WeightsInfo | None:
+    """What the last model loaded in this process for backbone ``name`` was built from, or None."""
+    return _loaded_weights.get(name)
+
+
+def _note_weights(name: str, path: Path, info: WeightsInfo) -> None:
+    """Remember and log which weights ran; warn when they are not the architecture their name says."""
+    _loaded_weights[name] = info
+    log.info("CLIP weights: %s (%s, sha256 %s)", info.file, info.architecture, info.sha256)
+    named = _named_architecture(name, path)
+    if named is not None and named != info.architecture:
+        log.warning(
+            'The CLIP weights "%s" are named %s but hold %s weights (inferred from their shapes); the run uses '
+            "what the file holds. Check MODEL.BACKBONE.NAME.", info.file, named, info.architecture,
+        )
+
+
+def _build_clip(name: str, path: Path, device: str | torch.device) -> tuple[nn.Module, WeightsInfo]:
     state = load_clip_state_dict(path)
+    info = describe_weights(name, path, state)
     clip = import_clip()
     try:
         model = clip.model.build_model(state)
@@ -297,10 +376,20 @@ def load_clip(name: str, device: str | torch.device = "cpu") -> nn.Module:
         raise InvalidClipCheckpointError(
             f"{path} does not fit OpenAI's CLIP architecture ({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from err
-    return model.eval().to(torch.device(device))
+    _note_weights(name, path, info)
+    return model.eval().to(torch.device(device)), info
 
 
-_cache: OrderedDict[tuple, nn.Module] = OrderedDict()
+def load_clip(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A ``clip.model.CLIP`` for ``MODEL.BACKBONE.NAME``, in eval mode on ``device``.
+
+    Built with clip's ``build_model``, so its weights are fp16 wherever OpenAI's are (as CoOp's
+    ``load_clip_to_cpu``); pass it to :func:`apply_precision` for the trainer's ``PREC``.
+    """
+    return _build_clip(name, resolve_clip_weights(name), device)[0]
+
+
+_cache: OrderedDict[tuple, tuple[nn.Module, WeightsInfo]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -310,19 +399,23 @@ def load_clip_cached(name: str, device: str | torch.device = "cpu") -> nn.Module
     The model returned is shared between callers: don't change it in place (``apply_precision``,
     ``.to``); copy it first when you must. Rewriting the file makes the next call load it afresh.
     """
-    path = resolve_clip_weights(name).resolve()
+    given = resolve_clip_weights(name)
+    path = given.resolve()
     stat = path.stat()
     device = torch.device(device)
     key = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino, str(device))
     with _cache_lock:
-        if key in _cache:
+        hit = _cache.get(key)
+        if hit is not None:
             _cache.move_to_end(key)
-            return _cache[key]
-    model = load_clip(str(path), device)
+    if hit is not None:
+        _note_weights(name, given, hit[1])  # each run's log and record say which weights it used
+        return hit[0]
+    model, info = _build_clip(name, given, device)
     with _cache_lock:
         for stale in [k for k in _cache if k[0] == key[0] and k[4] == key[4]]:
             del _cache[stale]  # an older version of the same file: it can never be asked for again
-        _cache[key] = model
+        _cache[key] = (model, info)
         while len(_cache) > CLIP_CACHE_SIZE:
             _cache.popitem(last=False)
     return model

@@ -6,30 +6,30 @@ things differ underneath:
 
 * every write goes to a hidden temporary file in the same folder, is fsynced, then renamed over the
   final name, so a killed or out-of-space run never leaves a truncated checkpoint behind;
-* loading never runs code from the file. What we write is checked to load with
-  ``torch.load(weights_only=True)``; checkpoints written by the original Dassl, which pickle live
-  scheduler and optimiser objects, load through torch's restricted unpickler with those few classes
-  mapped to inert placeholders. Anything else is refused unless ``VLPROMPT_TRUST_CHECKPOINTS=1``.
+* loading never runs code from the file (the safe readers live in :mod:`vlprompt.io`, the one loader
+  for every file vlprompt opens). What we write is checked to load with ``torch.load(weights_only=True)``;
+  checkpoints written by the original Dassl, which pickle live scheduler and optimiser objects, load
+  through torch's restricted unpickler with those few classes mapped to inert placeholders (defined
+  here). Anything else is refused unless ``VLPROMPT_TRUST_CHECKPOINTS=1``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import os.path as osp
-import pickle
-import re
 import secrets
-import struct
-import tarfile
-import types
-import warnings
 from collections import Counter, OrderedDict
 from typing import Any, BinaryIO, Callable
 
 import torch
 
-from vlprompt.errors import UserError
+from vlprompt.io import (
+    TRUST_ENV_VAR,
+    CheckpointError,
+    NotACheckpointError,
+    UnsafeCheckpointError,
+    load_torch_file,
+)
 
 __all__ = [
     "TRUST_ENV_VAR",
@@ -49,27 +49,9 @@ __all__ = [
     "save_checkpoint",
 ]
 
-# Setting this to 1/true/yes lets load_checkpoint fall back to full pickle loading (arbitrary code).
-TRUST_ENV_VAR = "VLPROMPT_TRUST_CHECKPOINTS"
 POINTER_FILE = "checkpoint"
 BEST_FILE = "model-best.pth.tar"
 EPOCH_FILE_PREFIX = "model.pth.tar-"
-
-_ZIP_MAGIC = b"PK\x03\x04"
-_DAMAGED_FILE_MARKERS = ("PytorchStreamReader", "zip archive", "unexpected EOF", "corrupt")
-_PICKLE_PROTO_OPCODE = 0x80
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint file that cannot be loaded as asked; the message names the file and the fix."""
-
-
-class NotACheckpointError(CheckpointError):
-    """The file is empty, truncated, or not something ``torch.save`` wrote."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The file references Python globals that could run code when unpickled."""
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
@@ -330,164 +312,17 @@ _DASSL_SAFE_GLOBALS: list[tuple[Callable, str]] = (
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _torch_version() -> tuple[int, int]:
-    major, minor = re.findall(r"\d+", torch.__version__)[:2]
-    return int(major), int(minor)
-
-
-# torch 2.6 lets safe_globals map a pickled name to another object; older torch gets _RestrictedUnpickler.
-_GLOBAL_ALIASES_SUPPORTED = _torch_version() >= (2, 6)
-
-
-def _trust_requested() -> bool:
-    return os.environ.get(TRUST_ENV_VAR, "").strip().lower() in ("1", "true", "yes")
-
-
-def _check_looks_like_checkpoint(fpath: str) -> None:
-    """Refuse, with a clear message, files that are empty or neither a zip archive nor a pickle."""
-    with open(fpath, "rb") as handle:
-        head = handle.read(8)
-    if not head:
-        raise NotACheckpointError(
-            f'"{fpath}" is empty (0 bytes), not a PyTorch checkpoint; it may be left from an interrupted copy'
-        )
-    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO_OPCODE:
-        return
-    if tarfile.is_tarfile(fpath):  # torch's oldest (pre-1.0) format
-        return
-    raise NotACheckpointError(
-        f'"{fpath}" is not a PyTorch checkpoint: it starts with {head!r}, '
-        "not with a torch.save zip archive or pickle"
-    )
-
-
-def _brief(err: BaseException) -> str:
-    """First sentence of an error, with its type: torch's zip errors run on for several lines."""
-    text = str(err).strip().split("\n")[0]
-    text = text.split(". ")[0].rstrip(".")
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _offending_globals(fpath: str, message: str) -> list[str]:
-    """Names of the globals the safe loader refused: from the file itself, else from the error message."""
-    names: list[str] = []
-    if _GLOBAL_ALIASES_SUPPORTED:
-        try:
-            with torch.serialization.safe_globals(_DASSL_SAFE_GLOBALS):
-                names = torch.serialization.get_unsafe_globals_in_checkpoint(fpath)
-        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError):
-            names = []  # legacy (non-zip) files cannot be scanned; fall back to the message
-    if names:
-        return sorted(names)
-    patterns = (r"GLOBAL (\S+) was not an allowed global", r"unsupported GLOBAL (\S+) whose module")
-    return [match.group(1) for pattern in patterns for match in re.finditer(pattern, message)]
-
-
-def _unpickler_reason(message: str) -> str:
-    """The unpickler's own complaint, without the advice torch wraps around it."""
-    match = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", message, re.DOTALL)
-    reason = match.group(1) if match and match.group(1) else message.strip().split("\n")[0]
-    return " ".join(reason.split())
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """For torch < 2.6, which cannot alias pickled names: torch's weights_only allow-list + our stand-ins."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
-        path = f"{module}.{name}"
-        allowed = dict(torch._weights_only_unpickler._get_allowed_globals())
-        allowed.update({alias: obj for obj, alias in _DASSL_SAFE_GLOBALS})
-        if path in allowed:
-            return allowed[path]
-        raise pickle.UnpicklingError(
-            f"Unsupported global: GLOBAL {path} was not an allowed global by default."
-        )
-
-
-def _restricted_pickle_module() -> types.ModuleType:
-    module = types.ModuleType("vlprompt_restricted_pickle")
-    module.Unpickler = _RestrictedUnpickler
-    module.load = lambda file, **kwargs: _RestrictedUnpickler(file, **kwargs).load()
-    return module
-
-
-def _safe_load(fpath: str, map_location: Any) -> dict:
-    """``torch.load`` that cannot run code from the file: weights_only, with Dassl's classes as stand-ins."""
-    if _GLOBAL_ALIASES_SUPPORTED:
-        with torch.serialization.safe_globals(_DASSL_SAFE_GLOBALS):
-            return torch.load(fpath, map_location=map_location, weights_only=True)
-    try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # Only Dassl-style files get here; the restricted unpickler knows nothing that could run code.
-        return torch.load(
-            fpath, map_location=map_location, pickle_module=_restricted_pickle_module(), weights_only=False
-        )
-
-
-def _load_trusted(fpath: str, map_location: Any, reason: str) -> dict:
-    warnings.warn(
-        f'Loading "{fpath}" with full pickle (weights_only=False) because {TRUST_ENV_VAR}=1 is set: '
-        f"{reason}. "
-        "This runs any code the file contains; do it only for files you trust.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return torch.load(fpath, map_location=map_location, weights_only=False)
-
-
 def load_checkpoint(fpath: str, map_location: Any = "cpu") -> dict:
     """Load a checkpoint without running code from it; tensors go to ``map_location`` (CPU by default).
 
     Our files and plain state dicts load with ``weights_only=True``; files from the original Dassl load
     the same way with their pickled scheduler/optimiser objects turned into :class:`PickledObject`
-    stand-ins. Other globals raise :class:`UnsafeCheckpointError` unless ``VLPROMPT_TRUST_CHECKPOINTS=1``.
+    stand-ins. Other globals raise :class:`UnsafeCheckpointError` unless ``VLPROMPT_TRUST_CHECKPOINTS=1``
+    (see :func:`vlprompt.io.load_torch_file`).
     """
-    if fpath is None:
-        raise ValueError("File path is None")
-    fpath = os.fspath(fpath)
-    if not osp.exists(fpath):
-        raise FileNotFoundError(errno.ENOENT, f'Checkpoint file is not found at "{fpath}"', fpath)
-    if osp.isdir(fpath):
-        raise NotACheckpointError(
-            f'"{fpath}" is a directory, not a checkpoint file; pass a file such as {EPOCH_FILE_PREFIX}<epoch>'
-        )
-    _check_looks_like_checkpoint(fpath)
-
-    try:
-        return _safe_load(fpath, map_location)
-    except pickle.UnpicklingError as err:
-        message = str(err)
-        offenders = _offending_globals(fpath, message)
-        if _trust_requested():
-            reason = f"it references {', '.join(offenders)}" if offenders else _unpickler_reason(message)
-            return _load_trusted(fpath, map_location, reason)
-        if offenders:
-            raise UnsafeCheckpointError(
-                f'Refusing to load "{fpath}": it references {", ".join(offenders)}, which could run code '
-                "when unpickled and is not one of the optimiser/scheduler classes Dassl checkpoints contain. "
-                f"If you trust this file, set {TRUST_ENV_VAR}=1 to load it unsafely on purpose."
-            ) from None
-        raise CheckpointError(
-            f'"{fpath}" could not be read by the safe (weights_only) loader: {_unpickler_reason(message)}. '
-            f"If you trust this file, set {TRUST_ENV_VAR}=1 to load it unsafely on purpose."
-        ) from None
-    except PermissionError:
-        raise
-    except (EOFError, OSError, ValueError, struct.error) as err:
-        raise NotACheckpointError(
-            f'"{fpath}" is not a readable PyTorch checkpoint (truncated or corrupt?): {_brief(err)}'
-        ) from err
-    except RuntimeError as err:
-        # The readers report a torn or damaged file as RuntimeError ("PytorchStreamReader failed ...",
-        # "unexpected EOF ..."); other RuntimeErrors (e.g. a CUDA map_location on a CPU machine) are
-        # not about the file and pass through unchanged.
-        if any(marker in str(err) for marker in _DAMAGED_FILE_MARKERS):
-            raise NotACheckpointError(
-                f'"{fpath}" is not a readable PyTorch checkpoint (truncated or corrupt?): {_brief(err)}'
-            ) from err
-        raise
+    return load_torch_file(
+        fpath, map_location, allowed_globals=_DASSL_SAFE_GLOBALS, example=f"{EPOCH_FILE_PREFIX}<epoch>"
+    )
 
 
 # --------------------------------------------------------------------------------------------- resuming
