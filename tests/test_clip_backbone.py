@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -394,3 +396,103 @@ def test_import_clip_without_pkg_resources(monkeypatch):
     assert fresh is not clip and hasattr(fresh.model, "build_model")
     assert fresh.tokenize("a dog").shape == (1, 77)
     assert hasattr(sys.modules["pkg_resources"].packaging.version, "parse")
+
+
+# ---------------------------------------------------------------- which weights ran
+
+# OpenAI's released configurations, as clip.model.CLIP arguments (vision layers, vision width, patch,
+# resolution, embedding size, text width, text heads).
+OPENAI_SPECS = {
+    "RN50": ((3, 4, 6, 3), 64, None, 224, 1024, 512, 8),
+    "RN101": ((3, 4, 23, 3), 64, None, 224, 512, 512, 8),
+    "RN50x4": ((4, 6, 10, 6), 80, None, 288, 640, 640, 10),
+    "RN50x16": ((6, 8, 18, 8), 96, None, 384, 768, 768, 12),
+    "RN50x64": ((3, 15, 36, 10), 128, None, 448, 1024, 1024, 16),
+    "ViT-B/32": (12, 768, 32, 224, 512, 512, 8),
+    "ViT-B/16": (12, 768, 16, 224, 512, 512, 8),
+    "ViT-L/14": (24, 1024, 14, 224, 768, 768, 12),
+    "ViT-L/14@336px": (24, 1024, 14, 336, 768, 768, 12),
+}
+
+
+@pytest.mark.parametrize("name", list(OPENAI_SPECS))
+def test_architecture_of_every_openai_release_is_recognised(name):
+    layers, width, patch, resolution, embed, text_width, heads = OPENAI_SPECS[name]
+    with torch.device("meta"):  # shapes only: no memory, no time
+        model = clip.model.CLIP(embed, resolution, layers, width, patch, 77, 49408, text_width, heads, 12)
+    assert clip_backbone.clip_architecture(model.state_dict()) == name
+
+
+def test_architecture_of_other_weights_is_described(files):
+    vit = load_clip_state_dict(files["vit", "state_dict", True])
+    rn = load_clip_state_dict(files["rn", "torchscript", True])
+    assert clip_backbone.clip_architecture(vit) == "ViT width 64, 2 layers, patch 16, 224 px"
+    assert clip_backbone.clip_architecture(rn) == "ResNet width 16, blocks 1-1-1-1, 224 px"
+
+
+def test_loaded_weights_name_the_file_its_sha256_and_architecture(files, caplog):
+    path = files["rn", "torchscript", False]
+    with caplog.at_level(logging.INFO, logger="vlprompt"):
+        load_clip_cached(str(path))
+        load_clip_cached(str(path))  # a cached model is still reported, for the run using it
+    info = clip_backbone.loaded_weights(str(path))
+    assert info.as_record() == {
+        "file": str(path.absolute()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "architecture": "ResNet width 16, blocks 1-1-1-1, 224 px",
+    }
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"CLIP weights: {path.absolute()} (ResNet width 16, blocks 1-1-1-1, 224 px, sha256 {info.sha256})"] * 2
+    assert clip_backbone.loaded_weights("ViT-B/16") is None
+
+
+def test_bundled_weights_are_recorded_by_name():
+    clip_backbone.load_clip("micro-clip")
+    info = clip_backbone.loaded_weights("micro-clip")
+    assert info.file == "micro-clip" and len(info.sha256) == 64
+
+
+def test_weights_of_another_architecture_than_named_are_warned_about(tmp_path, monkeypatch, files, caplog):
+    # A ResNet file under ViT-B/16's file name, passed as a path.
+    renamed = tmp_path / "ViT-B-16.pt"
+    renamed.write_bytes(files["rn", "state_dict", True].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="vlprompt"):
+        load_clip(str(renamed))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(renamed) in warning and "named ViT-B/16" in warning and "ResNet width 16" in warning
+
+    # A ViT file standing in for RN50 in the weights folder, asked for by name.
+    caplog.clear()
+    monkeypatch.setenv("VLPROMPT_CLIP_DIR", str(tmp_path))
+    (tmp_path / "RN50.pt").write_bytes(files["vit", "torchscript", True].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="vlprompt"):
+        load_clip("RN50")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "named RN50" in warning and "ViT width 64, 2 layers, patch 16, 224 px" in warning
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vlprompt"):
+        load_clip(str(files["vit", "state_dict", True]))  # a name that claims nothing: no warning
+    assert not caplog.records
+
+
+def test_run_record_and_log_say_which_engine_and_weights_ran(pets_root, files, tmp_path):
+    from conftest import train_args
+
+    from vlprompt.cli import main
+
+    weights = tmp_path / "ViT-B-16.pt"  # really a tiny ResNet archive
+    weights.write_bytes(files["rn", "torchscript", True].read_bytes())
+    out = tmp_path / "zs"
+    main(train_args(pets_root, out, "ZeroshotCLIP", "trainers/CoOp/rn50.yaml", "--eval-only",
+                    "MODEL.BACKBONE.NAME", str(weights), "DATALOADER.NUM_WORKERS", "0"))
+    record = json.loads((out / "run.json").read_text())
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert record["schema"] == 3 and record["engine"] == "builtin"
+    assert record["weights"] == {"file": str(weights), "sha256": sha256,
+                                 "architecture": "ResNet width 16, blocks 1-1-1-1, 224 px"}
+    assert record["backbone"] == str(weights) and record["metrics"]["accuracy"] >= 0  # the rest as before
+    log = (out / "log.txt").read_text()
+    assert "(engine: builtin)" in log
+    assert f"CLIP weights: {weights} (ResNet width 16, blocks 1-1-1-1, 224 px, sha256 {sha256})" in log
+    assert f'Warning: The CLIP weights "{weights}" are named ViT-B/16 but hold ResNet width 16' in log

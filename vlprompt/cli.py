@@ -107,9 +107,10 @@ def print_args(args: argparse.Namespace, cfg) -> None:
 def env_info() -> str:
     """A short description of the software and devices (Dassl runs the slow torch collect_env here)."""
     import vlprompt
+    from vlprompt.compat import ENGINE
 
     lines = [
-        f"vlprompt: {vlprompt.__version__}",
+        f"vlprompt: {vlprompt.__version__} (engine: {ENGINE})",
         f"Python: {platform.python_version()} ({platform.platform()})",
         f"PyTorch: {torch.__version__}",
         f"CUDA available: {torch.cuda.is_available()}",

@@ -18,6 +18,7 @@ import torch
 
 from vlprompt.clip_backbone import import_clip, load_clip
 from vlprompt.engine.checkpoint import load_checkpoint
+from vlprompt.errors import UserKeyError, UserValueError, run_cli
 from vlprompt.run_record import read_run_record
 
 REFERENCE_BACKBONE = "RN50"  # what CoOp's script always uses
@@ -38,12 +39,12 @@ class NearestWords:
 def nearest_words(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int) -> NearestWords:
     """The ``topk`` vocabulary tokens nearest (Euclidean) to every vector of ``ctx`` ``(..., D)``."""
     if ctx.shape[-1] != token_embedding.shape[-1]:
-        raise ValueError(
+        raise UserValueError(
             f"context vectors have width {ctx.shape[-1]} but the token embeddings {token_embedding.shape[-1]}: "
             "the context was learned with another CLIP backbone; pass that one (--backbone)"
         )
     if not 1 <= topk <= token_embedding.shape[0]:
-        raise ValueError(f"topk must be between 1 and the vocabulary size {token_embedding.shape[0]} (got {topk})")
+        raise UserValueError(f"topk must be between 1 and the vocabulary size {token_embedding.shape[0]} (got {topk})")
     vectors = ctx.detach().reshape(-1, ctx.shape[-1]).float()
     table = token_embedding.detach().float().to(vectors.device)
     ids, dists = [], []
@@ -107,7 +108,7 @@ def interpret_checkpoint(path: str | Path, topk: int, backbone: str | None = Non
     lines.append(f"Size of token embedding: {token_embedding.shape}")
     state = load_checkpoint(str(path))["state_dict"]
     if "ctx" not in state:
-        raise KeyError(f'"{path}" has no learned context ("ctx" is not among {sorted(state)})')
+        raise UserKeyError(f'"{path}" has no learned context ("ctx" is not among {sorted(state)})')
     ctx = state["ctx"].float()
     lines.append(f"Size of context: {ctx.shape}")
     if prefix_matches(state, token_embedding) is False:
@@ -119,7 +120,10 @@ def interpret_checkpoint(path: str | Path, topk: int, backbone: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``interpret_prompt.py FPATH TOPK [--backbone NAME]``, CoOp's arguments plus the backbone."""
+    """``interpret_prompt.py FPATH TOPK [--backbone NAME]``, CoOp's arguments plus the backbone.
+
+    Both files are read without running code from them (:mod:`vlprompt.io`); a refused or unreadable
+    file is one line on stderr and exit status 2, as for ``train.py``."""
     parser = argparse.ArgumentParser(description="Nearest vocabulary words of each learned context vector.")
     parser.add_argument("fpath", type=str, help="path to the learned prompt (prompt_learner/model.pth.tar-N)")
     parser.add_argument("topk", type=int, help="select top-k similar words")
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.fpath).is_file():
         print(f'error: no checkpoint file at "{args.fpath}"', file=sys.stderr)
         return 2
-    for text in interpret_checkpoint(args.fpath, args.topk, args.backbone):
-        print(text)
-    return 0
+
+    def report() -> int:
+        for text in interpret_checkpoint(args.fpath, args.topk, args.backbone):
+            print(text)
+        return 0
+
+    return run_cli(report, program="interpret_prompt.py")

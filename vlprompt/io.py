@@ -60,6 +60,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _DAMAGED_FILE_MARKERS = ("PytorchStreamReader", "zip archive", "unexpected EOF", "corrupt")
 _PICKLE_PROTO_OPCODE = 0x80
 _JIT_DEPRECATION = r"`?torch\.jit\.\w+`? is deprecated"
+# Python 2 module names a protocol-2 pickle may use, as Python 3's own unpickler maps them.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 # (object, name-in-the-pickle) pairs: each name read from a file is replaced by the given object.
 AllowedGlobals = Iterable[tuple[Callable, str]]
@@ -172,7 +174,7 @@ def _restricted_pickle_module(allowed: list[tuple[Callable, str]]) -> types.Modu
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
-            module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
+            module = _PY2_MODULES.get(module, module)
             path = f"{module}.{name}"
             permitted = {**torch._weights_only_unpickler._get_allowed_globals(), **aliases}
             if path in permitted:
@@ -319,14 +321,12 @@ class _StorageType:
 
 
 class _ClassInfo:
-    """What a class's serialized source says: its parameters and buffers, whether it is a module, and
-    whether it defines ``__setstate__`` (code ``torch.jit.load`` would run)."""
+    """What a class's serialized source says: its parameters and buffers, and whether it is a module."""
 
-    def __init__(self, parameters: list[str], buffers: list[str], is_module: bool, runs_code: bool) -> None:
+    def __init__(self, parameters: list[str], buffers: list[str], is_module: bool) -> None:
         self.parameters = parameters
         self.buffers = buffers
         self.is_module = is_module
-        self.runs_code = runs_code
 
 
 class _ArchiveReader:
@@ -368,6 +368,7 @@ class _ArchiveReader:
 
     def find_class(self, module: str, name: str) -> Any:
         """The safe stand-in for every global torch's own TorchScript unpickler accepts; others refused."""
+        module = _PY2_MODULES.get(module, module)
         if module == "__torch__" or module.startswith("__torch__."):
             if module.startswith("__torch__.torch.classes"):
                 raise self.refusal(f"it holds an object of the C++ class {module}.{name}")
@@ -461,18 +462,19 @@ class _ArchiveReader:
                 raise NotACheckpointError(
                     f'"{self.path}": {source_name} has an unreadable {key} list for {name}'
                 ) from None
-        runs_code = any(re.match(r"\s+def (__setstate__|__getstate__)\s*\(", line) for line in lines)
-        info = _ClassInfo(lists["__parameters__"], lists["__buffers__"], header.endswith("(Module):"), runs_code)
+        info = _ClassInfo(lists["__parameters__"], lists["__buffers__"], header.endswith("(Module):"))
         self.classes[qualified_name] = info
         return info
 
     def refusal(self, reason: str) -> UnsafeCheckpointError:
-        return UnsafeCheckpointError(
+        error = UnsafeCheckpointError(
             f'Refusing to read the TorchScript archive "{self.path}": {reason}. Reading it would need '
             f"torch.jit.load, which runs code stored in the archive; OpenAI's CLIP files need none. If you "
             f"trust this file, set {TRUST_ENV_VAR}=1 to load it with torch.jit.load on purpose, or pass a "
             f"state dict saved with torch.save(model.state_dict(), path)."
         )
+        error.reason = reason
+        return error
 
     # ---------------------------------------------------------------------------------- state dict
     def state_dict(self) -> OrderedDict[str, torch.Tensor]:
@@ -484,11 +486,16 @@ class _ArchiveReader:
                 f'"{self.path}" was written on a machine of the other byte order; load it there and save '
                 f"its state dict with torch.save(model.state_dict(), path)"
             )
+        # torch.jit.load runs a class's __setstate__ on every object of it it rebuilds. Any mention in any
+        # source file refuses the archive: no spelling of the method can slip past, and CLIP files have none.
+        sources = [name for name in sorted(self.names) if name.startswith(f"{self.prefix}/code/") and name.endswith(".py")]
+        for name in sources:
+            if b"__setstate__" in self.archive.read(name):
+                code = name.split("/", 1)[1]
+                raise self.refusal(f"{code} defines __setstate__, code torch.jit.load runs while loading")
         root = self.unpickle()
         for obj in self.objects:  # every object, reachable by the state dict or not, as torch.jit.load builds them all
-            info = self.class_info(obj.qualified_name)
-            if info.runs_code:
-                raise self.refusal(f"its class {obj.qualified_name} defines __setstate__ (code run on load)")
+            self.class_info(obj.qualified_name)
             if not isinstance(obj.__dict__.get("state"), dict):
                 raise self.refusal(f"its object of class {obj.qualified_name} has no plain attributes")
         if not isinstance(root, _ScriptObject) or not self.class_info(root.qualified_name).is_module:
@@ -561,7 +568,7 @@ def read_torchscript_state_dict(path: str | os.PathLike) -> OrderedDict[str, tor
     except UnsafeCheckpointError as err:
         if not trust_requested():
             raise
-        reason = str(err).split(": ", 1)[-1].split(". Reading it", 1)[0]
+        reason = getattr(err, "reason", str(err))
         log.warning(
             'Loading "%s" with torch.jit.load because %s=1 is set: %s. This runs code stored in the archive; '
             "do it only for files you trust.", fpath, TRUST_ENV_VAR, reason,

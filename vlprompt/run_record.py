@@ -17,12 +17,15 @@ from typing import Any
 
 import torch
 
+from vlprompt.clip_backbone import loaded_weights
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.config import config_hash
 
 RUN_RECORD = "run.json"
-# 2: adds ``config`` (the full config), ``source_trainer`` and ``source_shots``; readers accept 1 and 2.
-SCHEMA_VERSION = 2
+# 2: adds ``config`` (the full config), ``source_trainer`` and ``source_shots``.
+# 3: adds ``engine`` ("builtin"/"dassl") and ``weights`` (the CLIP file, its sha256, its real architecture).
+# Readers accept 1 to 3: every later field is an addition.
+SCHEMA_VERSION = 3
 IMAGENET_SHIFTS = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
 # Every value ``infer_protocol`` returns (documented in the README's run.json schema).
 PROTOCOLS = (
@@ -122,9 +125,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def weights_record(backbone: str) -> dict | None:
+    """``run.json``'s ``weights``: the file the run's CLIP was built from, its sha256 and the architecture
+    its tensors have; None when this process loaded no CLIP for ``backbone``."""
+    info = loaded_weights(backbone)
+    return info.as_record() if info is not None else None
+
+
 def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoch: int | None,
                      started: str, log_file: str | None) -> Path:
     """Write ``OUTPUT_DIR/run.json`` for a finished run (atomically) and return its path."""
+    # Imported here: with VLPROMPT_ENGINE=dassl, compat needs Dassl, and the tables import this module.
+    from vlprompt.compat import ENGINE
+
     source_record = read_run_record(model_dir) if model_dir else None
     record = {
         "schema": SCHEMA_VERSION,
@@ -136,6 +149,8 @@ def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoc
         "seed": cfg.SEED,
         "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
         "backbone": cfg.MODEL.BACKBONE.NAME,
+        "engine": ENGINE,
+        "weights": weights_record(cfg.MODEL.BACKBONE.NAME),
         "config_file_hash": config_hash(cfg),
         "split_hash": split_hash(trainer.dm.dataset, cfg.DATASET.ROOT) if hasattr(trainer, "dm") else None,
         "num_classes": getattr(trainer, "num_classes", None),
