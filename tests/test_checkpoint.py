@@ -416,6 +416,21 @@ def test_not_a_checkpoint(tmp_path):
     assert issubclass(NotACheckpointError, CheckpointError)
 
 
+def test_loading_errors_are_user_errors_naming_the_file(tmp_path):
+    """Every refusal is one message for the command line (a UserError) that names the file."""
+    from vlprompt.errors import UserError
+
+    missing = str(tmp_path / "model.pth.tar-9")
+    with pytest.raises(UserError, match=r'Checkpoint file is not found at ".*model\.pth\.tar-9"'):
+        load_checkpoint(missing)
+    with pytest.raises(UserError, match="is a directory"):
+        load_checkpoint(str(tmp_path))
+    path = str(tmp_path / "model.pth.tar-1")
+    torch.save({"state_dict": {}, "epoch": 1, "extra": _UserClass()}, path)
+    with pytest.raises(UserError, match=r"model\.pth\.tar-1"):
+        load_checkpoint(path)
+
+
 def test_cuda_saved_tensors_load_on_cpu(tmp_path, monkeypatch):
     """A GPU-trained checkpoint records cuda storages; without a GPU they must map to the CPU."""
     path = str(tmp_path / "model.pth.tar-1")

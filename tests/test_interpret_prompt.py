@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,28 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
     assert main([str(tmp_path / "nope.pth.tar-1"), "3"]) == 2
     assert os.listdir(tmp_path) == []
+
+
+def test_a_crafted_backbone_archive_is_refused_in_one_line(tiny_vit, table, tmp_path):
+    """``--backbone`` takes any file: a TorchScript archive carrying code that runs on load is refused
+    before anything runs, as one error line and exit status 2."""
+    from test_safe_load import _WritesOnLoad  # as conftest's helpers are imported: same module object
+
+    from vlprompt.clip_backbone import import_clip
+    from vlprompt.tiny_clip import _trace, build_tiny_clip
+
+    marker = tmp_path / "pwned"
+    model = build_tiny_clip("vit")
+    model.payload = _WritesOnLoad(str(marker))
+    archive = tmp_path / "RN50.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trace(model, import_clip()).save(str(archive))
+    path = write_run(tmp_path / "run", table, backbone=tiny_vit)
+    result = subprocess.run([sys.executable, str(REPO / "interpret_prompt.py"), str(path), "2", "--backbone", str(archive)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f'interpret_prompt.py: error: Refusing to read the TorchScript archive "{archive}"')
+    assert "__setstate__" in line and "VLPROMPT_TRUST_CHECKPOINTS=1" in line
+    assert not marker.exists()

@@ -389,7 +389,7 @@ def load_clip(name: str, device: str | torch.device = "cpu") -> nn.Module:
     return _build_clip(name, resolve_clip_weights(name), device)[0]
 
 
-_cache: OrderedDict[tuple, tuple[nn.Module, WeightsInfo]] = OrderedDict()
+_cache: OrderedDict[tuple, tuple[nn.Module, WeightsInfo | None]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -409,9 +409,11 @@ def load_clip_cached(name: str, device: str | torch.device = "cpu") -> nn.Module
         if hit is not None:
             _cache.move_to_end(key)
     if hit is not None:
-        _note_weights(name, given, hit[1])  # each run's log and record say which weights it used
+        if hit[1] is not None:
+            _note_weights(name, given, hit[1])  # each run's log and record say which weights it used
         return hit[0]
-    model, info = _build_clip(name, given, device)
+    model = load_clip(name, device)
+    info = _loaded_weights.get(name)
     with _cache_lock:
         for stale in [k for k in _cache if k[0] == key[0] and k[4] == key[4]]:
             del _cache[stale]  # an older version of the same file: it can never be asked for again

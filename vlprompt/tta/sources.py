@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vlprompt.engine.checkpoint import BEST_FILE, EPOCH_FILE_PREFIX, load_checkpoint, read_checkpoint_pointer
-from vlprompt.errors import UserError
+from vlprompt.errors import UserError, UserFileNotFoundError, UserValueError
 from vlprompt.prompts import PromptLearner
 
 # Buffers that belong to the class set a checkpoint was trained on; never part of a kind's signature.
@@ -224,15 +224,15 @@ def resolve_checkpoint(path: str, epoch: int | None = None) -> str:
     path = osp.expanduser(path)
     if osp.isfile(path):
         if epoch is not None:
-            raise ValueError(f'"{path}" is a file; --load-epoch only applies to a model directory')
+            raise UserValueError(f'"{path}" is a file; --load-epoch only applies to a model directory')
         return path
     if not osp.isdir(path):
-        raise FileNotFoundError(f'TPT checkpoint "{path}" does not exist (give a checkpoint file or a model directory)')
+        raise UserFileNotFoundError(f'TPT checkpoint "{path}" does not exist (give a checkpoint file or a model directory)')
     folder = osp.join(path, PROMPT_LEARNER_DIR) if osp.isdir(osp.join(path, PROMPT_LEARNER_DIR)) else path
     if epoch is not None:
         candidate = osp.join(folder, f"{EPOCH_FILE_PREFIX}{epoch}")
         if not osp.isfile(candidate):
-            raise FileNotFoundError(f'Model not found at "{candidate}"')
+            raise UserFileNotFoundError(f'Model not found at "{candidate}"')
         return candidate
     if osp.isfile(osp.join(folder, BEST_FILE)):
         return osp.join(folder, BEST_FILE)
@@ -242,7 +242,7 @@ def resolve_checkpoint(path: str, epoch: int | None = None) -> str:
     epochs = [int(m.group(1)) for name in os.listdir(folder) if (m := re.fullmatch(r"model\.pth\.tar-(\d+)", name))]
     if epochs:
         return osp.join(folder, f"{EPOCH_FILE_PREFIX}{max(epochs)}")
-    raise FileNotFoundError(f'No checkpoint in "{folder}" (looked for {BEST_FILE}, the checkpoint pointer and '
+    raise UserFileNotFoundError(f'No checkpoint in "{folder}" (looked for {BEST_FILE}, the checkpoint pointer and '
                             f"{EPOCH_FILE_PREFIX}<epoch>)")
 
 
