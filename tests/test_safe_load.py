@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint import _RunsEval, _RunsShell  # pickles that run code: one definition for the suite
 from torch import nn
 
 import vlprompt.io
@@ -249,27 +250,9 @@ def test_openai_name_resolving_to_a_crafted_archive_is_refused(crafted_clip, mon
     assert not marker.exists()
 
 
-class _Shell:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-class _Eval:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        import builtins
-
-        return (builtins.eval, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-@pytest.mark.parametrize("payload", [_Shell, _Eval])
+@pytest.mark.parametrize("payload", [_RunsShell, _RunsEval])
 def test_archive_pickle_with_a_foreign_global_is_refused(archives, tmp_path, payload, no_jit_load):
-    if payload is _Shell and os.name != "posix":
+    if payload is _RunsShell and os.name != "posix":
         pytest.skip("os.system pickles as nt.system on Windows")
     marker = tmp_path / "pwned"
     evil = pickle.dumps(payload(marker), protocol=2)
@@ -277,7 +260,7 @@ def test_archive_pickle_with_a_foreign_global_is_refused(archives, tmp_path, pay
                            lambda name, data: evil if name.endswith("/data.pkl") else data)
     with pytest.raises(UnsafeCheckpointError) as info:
         load_clip(str(path))
-    name = "posix.system" if payload is _Shell else "builtins.eval"
+    name = "posix.system" if payload is _RunsShell else "builtins.eval"
     assert name in str(info.value) and str(path) in str(info.value)
     assert not marker.exists()
 
