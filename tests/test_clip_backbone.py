@@ -443,7 +443,7 @@ def test_loaded_weights_name_the_file_its_sha256_and_architecture(files, caplog)
     }
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"CLIP weights: {path.absolute()} (ResNet width 16, blocks 1-1-1-1, 224 px, sha256 {info.sha256})"] * 2
-    assert clip_backbone.loaded_weights("ViT-B/16") is None
+    assert clip_backbone.loaded_weights(str(path.with_name("never-loaded.pt"))) is None
 
 
 def test_bundled_weights_are_recorded_by_name():

@@ -266,9 +266,11 @@ def test_archive_pickle_with_a_foreign_global_is_refused(archives, tmp_path, pay
 
 
 def test_archive_without_class_sources_is_refused(archives, tmp_path, no_jit_load):
+    # Class names get mangled (clip/model/___torch_mangle_N.py) once a process has traced CLIP before,
+    # so every class source is emptied.
     path = rewrite_archive(archives["vit", True], tmp_path / "stripped.pt",
-                           lambda name, data: b"" if name.endswith("/code/__torch__/clip/model.py") else data)
-    with pytest.raises(UnsafeCheckpointError, match=r"class __torch__\.clip\.model\.CLIP"):
+                           lambda name, data: b"" if "/code/" in name and name.endswith(".py") else data)
+    with pytest.raises(UnsafeCheckpointError, match=r"does not define its class __torch__\.clip\.model"):
         read_torchscript_state_dict(path)
 
 
