@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-by", default="trainer",
                         help="comma-separated run fields or config keys naming a row, e.g. "
                              "trainer,backbone or trainer,TRAINER.COOP.CSC (default: trainer)")
+    parser.add_argument("--vary-by-column", default=None, metavar="KEYS",
+                        help="comma-separated config keys that may change from column to column of one row "
+                             "(never within a cell), e.g. OPTIM.MAX_EPOCH for CoOp's 50/100/200 epochs by shots; "
+                             "by default runs that differ in any setting but the seed are in different rows")
     parser.add_argument("--datasets", default=None,
                         help="comma-separated datasets (DATASET.NAME) to show, in this order; missing runs "
                              "show as missing (default: every dataset that has runs)")
@@ -62,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     label_by = _list(args.label_by) or ["trainer"]
     datasets = _list(args.datasets)
     kinds = PROTOCOL_ALIASES[args.protocol]
-    tables = build_tables(collection.runs, kinds, datasets, label_by, args.metric, args.source)
+    vary = _list(args.vary_by_column) or []
+    tables = build_tables(collection.runs, kinds, datasets, label_by, args.metric, args.source, vary=vary)
     for note in collection.notes:
         print(f"Note: {note}", file=sys.stderr)
     if not tables:
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         from vlprompt.results.plots import plot_few_shot
 
-        results = few_shot_results(collection.runs, datasets, label_by, args.metric)
+        results = few_shot_results(collection.runs, datasets, label_by, args.metric, vary=vary)
         plotted = plot_few_shot(results, args.plot)
         for path in plotted:
             print(f"Wrote {path}", file=sys.stderr)

@@ -40,6 +40,8 @@ PARTIAL_VALUE = "no stored config"
 WEIGHTS = "weights_sha256"
 INIT_KIND, INIT_FROM, INIT_FILE, INIT_EPOCH, INIT_RUN = "init.kind", "init.from", "init.file", "init.epoch", "init.run"
 EVAL_PREFIX = "eval."
+# What only training reads: an evaluation's own values of these never count (it loads a trained model).
+TRAINING_ONLY = ("OPTIM", "TRAIN", "DATALOADER.TRAIN_X", "DATALOADER.TRAIN_U")
 KIND_NAMES = {"words": "words", "coop": "CoOp ctx", "cocoop": "CoCoOp", "genpt": "GenPT"}
 _SEED_FOLDER = re.compile(r"^seed[-_]?\d+$", re.IGNORECASE)
 _MAX_DEPTH = 4  # evaluations of evaluations; also ends a model_dir that points at itself
@@ -155,7 +157,7 @@ class RunSettings:
         # An evaluation of a trained model: that model's settings, and the evaluation's own where they differ.
         trained = self._settings(source, columns, depth + 1)
         settings = dict(trained)
-        for key, value in own.items():
+        for key, value in without_keys(own, TRAINING_ONLY).items():
             if key.startswith("DATASET.") or key == PARTIAL or (PARTIAL in trained and key not in trained):
                 continue
             if key not in trained or trained[key] != value:
@@ -178,15 +180,17 @@ class RunSettings:
         return load, None
 
     def _source(self, path: str, run: Run, search_up: bool) -> Run | None:
-        """The run that wrote ``path`` (its folder; for TPT's checkpoint paths also a folder above it)."""
-        folder = resolve_model_dir(path, [run.directory, self.root] if self.root else [run.directory])
-        if folder is None:
-            return None
+        """The run that wrote ``path`` (its folder; for TPT's checkpoint paths, such as
+        ``<run>/prompt_learner``, also a folder above it)."""
+        near = [run.directory, self.root] if self.root else [run.directory]
         for _ in range(3 if search_up else 1):
-            found = self._run_at(folder)
+            folder = resolve_model_dir(path, near)
+            found = self._run_at(folder) if folder is not None else None
             if found is not None:
                 return found
-            folder = os.path.dirname(folder)
+            path = os.path.dirname(path.rstrip("/\\"))
+            if not path:
+                break
         return None
 
     def _run_at(self, folder: str) -> Run | None:
@@ -305,7 +309,9 @@ def _label(base: str, settings: Mapping[str, Any], picked: Sequence[str]) -> str
         if key == PARTIAL:
             parts.append(PARTIAL_VALUE if value else "")
         elif key == WEIGHTS:
-            parts.append(f"weights {str(value)[:8]}" if value else "weights unknown")
+            parts.append(f"weights {str(value)[:8]}" if value else "" if PARTIAL in settings else "weights unknown")
+        elif key.startswith(EVAL_PREFIX):
+            parts.append("" if value is None else f"{key}={_show(value)}")  # absent: as the model was trained
         else:
             parts.append(f"{key} unset" if value is None else f"{key}={_show(value)}")
     parts = [part for part in parts if part]

@@ -267,8 +267,9 @@ def few_shot_results(runs: Iterable[Run], datasets: Sequence[str] | None = None,
                      vary: Sequence[str] = (), settings: RunSettings | None = None) -> FewShotResults:
     """Few-shot runs (all classes, NUM_SHOTS > 0) and zero-shot CLIP (as 0 shots) by dataset and method;
     runs of other settings than the seed and the shots are in other rows (``vary``: see :class:`SeedGroups`)."""
+    runs = list(runs)
     label = make_labeler(label_by)
-    groups = SeedGroups(settings, FEW_SHOT_COLUMNS, vary)
+    groups = SeedGroups(settings or RunSettings(runs), FEW_SHOT_COLUMNS, vary)
     wanted = _selected(datasets)
     for run in runs:
         if run.subsample not in ("all", ""):
@@ -337,8 +338,9 @@ def base2new_table(runs: Iterable[Run], datasets: Sequence[str] | None = None,
     harmonic mean of the averaged Base and New (as CoCoOp reports it: H(80.47, 71.69) = 75.83), not the
     mean of the per-dataset H.
     """
+    runs = list(runs)
     label = make_labeler(label_by)
-    groups = SeedGroups(settings, BASE2NEW_COLUMNS, vary)
+    groups = SeedGroups(settings or RunSettings(runs), BASE2NEW_COLUMNS, vary)
     wanted = _selected(datasets)
     for run in runs:
         if wanted is not None and run.dataset not in wanted:
@@ -412,7 +414,7 @@ def transfer_results(runs: Sequence[Run], source: str = "ImageNet", label_by: Se
     models trained on ``source``, their accuracy there: an evaluation on ``source`` when there is one,
     else the final test of the training run their ``model_dir`` points at (in the evaluations' row)."""
     label = make_labeler(label_by)
-    groups = SeedGroups(settings, TRANSFER_COLUMNS, vary)
+    groups = SeedGroups(settings or RunSettings(runs), TRANSFER_COLUMNS, vary)
     by_folder = {os.path.realpath(run.directory): run for run in runs if run.dataset == source}
     for run in runs:
         if run.subsample not in ("all", "") or run.protocol not in TRANSFER_PROTOCOLS:
