@@ -279,3 +279,104 @@ def test_tables_command_vary_by_column(tmp_path, capsys):
     assert "| OxfordPets | CoOp (OPTIM.MAX_EPOCH=200) | – | 81.50 ± 0.50 (2) |" in out
     assert tables_main([str(tmp_path), "--protocol", "few_shot", "--vary-by-column", "OPTIM.MAX_EPOCH"]) == 0
     assert "| OxfordPets | CoOp | 41.50 ± 0.50 (2) | 81.50 ± 0.50 (2) |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ figures
+def figure_results(root: Path):
+    """Zero-shot CLIP, the linear probe, CoCoOp and CoOp on two datasets; CoCoOp lacks Caltech101 (so a
+    panel's own method order differs from the table's), and the lowest points lie at 16 shots, low right."""
+    from test_results import record
+
+    record(root, "zs/pets", "ZeroshotCLIP", "OxfordPets", "zeroshot", -1, 85.0)
+    record(root, "zs/caltech", "ZeroshotCLIP", "Caltech101", "zeroshot", -1, 86.0)
+    curves = {"LinearProbeCLIP": [60, 70, 80, 40], "CoCoOp": [82, 84, 86, 41], "CoOp": [81, 83, 85, 42]}
+    for method, values in curves.items():
+        for dataset in ("OxfordPets", "Caltech101"):
+            if method == "CoCoOp" and dataset == "Caltech101":
+                continue
+            for shots, value in zip((1, 2, 4, 16), values):
+                for seed in (1, 2):
+                    record(root, f"{dataset}/{method}/{shots}/seed{seed}", method, dataset, "few_shot", seed,
+                           value + seed / 2, shots=shots)
+    return few_shot_results(collect_runs(root).runs)
+
+
+@pytest.fixture
+def drawn(tmp_path, monkeypatch):
+    """The figures plot_few_shot draws (by file name), kept instead of only saved."""
+    pytest.importorskip("matplotlib")
+    from vlprompt.results import plots
+
+    figures = {}
+    real_save = plots.save_figure
+
+    def keep(figure, path, dpi=120):
+        figures[Path(path).name] = figure
+        return real_save(figure, path, dpi=40)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    paths = plots.plot_few_shot(figure_results(tmp_path / "out"), tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["Caltech101.png", "OxfordPets.png", "average.png"]
+    return figures
+
+
+def line_styles(figure) -> dict[str, tuple]:
+    ax = figure.axes[0]
+    return {line.get_label(): (line.get_color(), line.get_marker(), line.get_linestyle())
+            for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_each_method_keeps_its_colour_and_marker_in_every_figure(drawn):
+    styles = {name: line_styles(figure) for name, figure in drawn.items()}
+    assert "CoCoOp" not in styles["Caltech101.png"] and "CoCoOp" in styles["OxfordPets.png"]
+    for method in ("ZeroshotCLIP (zero-shot)", "LinearProbeCLIP", "CoOp"):
+        assert len({styles[name][method] for name in drawn}) == 1, method
+    everyone = styles["OxfordPets.png"]
+    assert len({(color, marker) for color, marker, _ in everyone.values()}) == len(everyone)  # all distinct
+    zero_shot = everyone.pop("ZeroshotCLIP (zero-shot)")
+    assert zero_shot[1] == "*" and zero_shot[2] == "None"  # a star, no line
+    assert zero_shot[0] not in {color for color, _, _ in everyone.values()}  # a colour no method has
+    assert everyone["LinearProbeCLIP"][2] == ":" and everyone["CoOp"][2] == everyone["CoCoOp"][2] == "-"
+
+
+def test_the_legend_never_covers_a_point(drawn):
+    for name, figure in drawn.items():
+        figure.canvas.draw()
+        ax = figure.axes[0]
+        legend = ax.get_legend().get_window_extent()
+        assert not legend.overlaps(ax.get_window_extent()), name  # beside the axes, not on them
+        for line in ax.get_lines():
+            for x, y in ax.transData.transform(line.get_xydata()):
+                assert not legend.contains(x, y), (name, line.get_label())
+
+
+def test_average_png_even_for_one_dataset(tmp_path):
+    pytest.importorskip("matplotlib")
+    from vlprompt.results.plots import plot_few_shot
+
+    results = figure_results(tmp_path / "out")
+    one = few_shot_results(collect_runs(tmp_path / "out").runs, datasets=["OxfordPets"])
+    assert results.datasets == ["Caltech101", "OxfordPets"]
+    paths = plot_few_shot(one, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["OxfordPets.png", "average.png"]
+
+
+# ------------------------------------------------------------------------------------------ tensorboard
+def test_no_tensorboard_folder_without_tensorboard(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from vlprompt.engine.logging import TensorboardWriter
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    writer = TensorboardWriter(str(tmp_path / "a" / "tensorboard"))
+    writer.add_scalar("train/loss", 1.0, 1)
+    writer.close()
+    assert not (tmp_path / "a").exists()
+
+    made = []
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = lambda log_dir: made.append(log_dir) or types.SimpleNamespace(close=lambda: None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    TensorboardWriter(str(tmp_path / "b" / "tensorboard")).close()
+    assert (tmp_path / "b" / "tensorboard").is_dir() and made == [str(tmp_path / "b" / "tensorboard")]
