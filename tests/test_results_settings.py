@@ -380,3 +380,23 @@ def test_no_tensorboard_folder_without_tensorboard(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     TensorboardWriter(str(tmp_path / "b" / "tensorboard")).close()
     assert (tmp_path / "b" / "tensorboard").is_dir() and made == [str(tmp_path / "b" / "tensorboard")]
+
+
+# ------------------------------------------------------------------------------------------ parse_test_res
+def test_parse_test_res_names_seed_folders_of_other_settings(tmp_path, capsys):
+    from vlprompt.results.parse import main as parse_main
+
+    exp = tmp_path / "exp"
+    for seed, epochs, acc in ((1, 50, 80.0), (2, 50, 82.0), (3, 5, 30.0)):
+        run_json(exp, f"seed{seed}", coop("OxfordPets", seed, 1, epochs), "few_shot", acc)
+        write(exp / f"seed{seed}" / "log.txt", train_log(acc))
+    assert parse_main([str(exp)]) == 0
+    captured = capsys.readouterr()
+    assert "* accuracy: 64.00% +- 24.06%" in captured.out  # the reference's average, unchanged
+    assert captured.err == (f"Note: {exp}: seed3 has other settings than seed1, yet is averaged with it:\n"
+                            "OPTIM.MAX_EPOCH: seed1 50, seed3 5\n")
+    import shutil
+
+    shutil.rmtree(exp / "seed3")
+    assert parse_main([str(exp)]) == 0
+    assert capsys.readouterr().err == ""
