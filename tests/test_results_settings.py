@@ -279,6 +279,11 @@ def test_tables_command_vary_by_column(tmp_path, capsys):
     assert "| OxfordPets | CoOp (OPTIM.MAX_EPOCH=200) | – | 81.50 ± 0.50 (2) |" in out
     assert tables_main([str(tmp_path), "--protocol", "few_shot", "--vary-by-column", "OPTIM.MAX_EPOCH"]) == 0
     assert "| OxfordPets | CoOp | 41.50 ± 0.50 (2) | 81.50 ± 0.50 (2) |" in capsys.readouterr().out
+    # A run no table shows (trained on all the data) is named, not passed over.
+    run_json(tmp_path, "full/seed1", coop("OxfordPets", 1, -1, 50), "full", 90.0)
+    assert tables_main([str(tmp_path)]) == 0
+    assert (f"Note: 1 run(s) trained on all the data (protocol full) are in no table, e.g. {tmp_path / 'full' / 'seed1'}"
+            in capsys.readouterr().err)
 
 
 # ------------------------------------------------------------------------------------------ figures

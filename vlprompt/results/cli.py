@@ -14,7 +14,7 @@ from pathlib import Path
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.results.render import FORMATS, render, render_all
 from vlprompt.results.runs import collect_runs
-from vlprompt.results.tables import TABLE_KINDS, build_tables, few_shot_results
+from vlprompt.results.tables import IN_NO_TABLE, TABLE_KINDS, build_tables, few_shot_results
 
 PROTOCOL_ALIASES = {
     "all": TABLE_KINDS, "few_shot": ("few_shot",), "few-shot": ("few_shot",), "fewshot": ("few_shot",),
@@ -70,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = build_tables(collection.runs, kinds, datasets, label_by, args.metric, args.source, vary=vary)
     for note in collection.notes:
         print(f"Note: {note}", file=sys.stderr)
+    unshown = sorted({run.directory for run in collection.runs if run.protocol in IN_NO_TABLE})
+    if unshown and args.protocol == "all":
+        print(f"Note: {len(unshown)} run(s) trained on all the data (protocol full) are in no table, e.g. "
+              f"{unshown[0]}", file=sys.stderr)
     if not tables:
         wanted = "any table" if args.protocol == "all" else f"a {args.protocol} table"
         print(f"No runs for {wanted} under {', '.join(args.roots)} ({len(collection.runs)} runs read)",

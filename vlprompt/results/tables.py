@@ -6,8 +6,12 @@ Conventions, the same in every table:
   per-dataset means;
 - a run that does not exist is a missing cell (``None``), never a zero, and an average over datasets is
   missing when any of its datasets is; cells that do not apply (a trained method at 0 shots) are ``NA``;
-- two runs of the same method, dataset and seed (a run repeated in another folder) are not averaged:
-  the newest is used and a note says which was left out.
+- a cell averages runs of one configuration only: runs whose settings differ in more than the seed (and
+  the keys the columns stand for) are in different rows, named by what differs (``CoOp
+  (OPTIM.MAX_EPOCH=50)``, ``TPT (from words)``; :mod:`vlprompt.results.identity`), and a note says so;
+- two runs of the same settings, dataset and seed (a run repeated in another folder) are not averaged:
+  the newest is used and a note says which was left out; so is every run left out of a table it belongs
+  to (no such metric, a model trained on another source).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ NA = "n/a"  # a cell that does not apply (as opposed to None: a run that is miss
 ZERO_SHOT_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 LINEAR_PROBE_TRAINER = "LinearProbeCLIP"
 TABLE_KINDS = ("few_shot", "base2new", "cross_dataset", "dg", "tpt")
+IN_NO_TABLE = ("full",)  # protocols no paper table shows (trained on all the data)
 TRANSFER_PROTOCOLS = ("zeroshot", "tpt", "cross_dataset", "domain_generalization", "eval")
 # Config keys a table's columns stand for (beyond identity.COLUMN_KEYS: seed and dataset): runs that
 # differ only in them may share a row.
