@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_fingerprint import _cfg as config_with
 from test_results import assert_cell, train_log, write
 
 from vlprompt.results import (
@@ -27,23 +28,11 @@ FINISHED = "2024-01-01T00:00:00+00:00"
 def full_config(trainer: str, dataset: str, seed: int, shots: int = -1, subsample: str = "all", **changes):
     """The full config of a run as run.json stores it (train.py's defaults for ``trainer``, then ``changes``
     given as KEY__SUBKEY=value)."""
-    from vlprompt.cli import register_plugins
-    from vlprompt.compat import get_cfg_default
-    from vlprompt.engine.config import extend_cfg
-
-    register_plugins()
-    cfg = extend_cfg(get_cfg_default())
-    cfg.TRAINER.NAME, cfg.DATASET.NAME, cfg.SEED = trainer, dataset, seed
-    cfg.DATASET.NUM_SHOTS, cfg.DATASET.SUBSAMPLE_CLASSES = shots, subsample
-    cfg.MODEL.BACKBONE.NAME = "RN50"
-    cfg.OUTPUT_DIR = f"/somewhere/{trainer}/{dataset}/seed{seed}"  # where a run wrote never counts
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return cfg
+    return config_with(**{"TRAINER__NAME": trainer, "DATASET__NAME": dataset, "SEED": seed,
+                          "DATASET__NUM_SHOTS": shots, "DATASET__SUBSAMPLE_CLASSES": subsample,
+                          "MODEL__BACKBONE__NAME": "RN50",
+                          "OUTPUT_DIR": f"/somewhere/{trainer}/{dataset}/seed{seed}",  # never counts
+                          **changes})
 
 
 def run_json(root: Path, rel: str, cfg, protocol: str, acc: float, **extra) -> Path:
@@ -405,3 +394,15 @@ def test_parse_test_res_names_seed_folders_of_other_settings(tmp_path, capsys):
     shutil.rmtree(exp / "seed3")
     assert parse_main([str(exp)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_zero_shot_runs_of_other_training_schedules_are_one_row(tmp_path):
+    """Zero-shot CLIP trains nothing: the epochs of the config file it was given are no setting of it."""
+    for dataset, epochs in (("OxfordPets", 50), ("OxfordPets", 200)):
+        run_json(tmp_path, f"zs/{dataset}/ep{epochs}", full_config("ZeroshotCLIP", dataset, epochs // 50, -1,
+                                                                  OPTIM__MAX_EPOCH=epochs), "zeroshot", 85.0)
+    run_json(tmp_path, "zs/other_prompt", full_config("ZeroshotCLIP", "OxfordPets", 9, -1,
+                                                      MODEL__BACKBONE__NAME="ViT-B/16"), "zeroshot", 88.0)
+    results = few_shot_results(collect_runs(tmp_path).runs)
+    assert results.methods == ["ZeroshotCLIP (MODEL.BACKBONE.NAME=RN50)", "ZeroshotCLIP (MODEL.BACKBONE.NAME=ViT-B/16)"]
+    assert_cell(results.cell("OxfordPets", "ZeroshotCLIP (MODEL.BACKBONE.NAME=RN50)", 0), [85.0, 85.0])

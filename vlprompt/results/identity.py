@@ -40,7 +40,7 @@ PARTIAL_VALUE = "no stored config"
 WEIGHTS = "weights_sha256"
 INIT_KIND, INIT_FROM, INIT_FILE, INIT_EPOCH, INIT_RUN = "init.kind", "init.from", "init.file", "init.epoch", "init.run"
 EVAL_PREFIX = "eval."
-# What only training reads: an evaluation's own values of these never count (it loads a trained model).
+# What only training reads: never a setting of a run that trains nothing (an evaluation, zero-shot CLIP, TPT).
 TRAINING_ONLY = ("OPTIM", "TRAIN", "DATALOADER.TRAIN_X", "DATALOADER.TRAIN_U")
 KIND_NAMES = {"words": "words", "coop": "CoOp ctx", "cocoop": "CoCoOp", "genpt": "GenPT"}
 _SEED_FOLDER = re.compile(r"^seed[-_]?\d+$", re.IGNORECASE)
@@ -135,6 +135,8 @@ class RunSettings:
     def _compute(self, run: Run, columns: tuple[str, ...], depth: int) -> dict[str, Any]:
         own = self._own(run, columns)
         tpt = run.protocol == "tpt"
+        if run.eval_only or tpt or run.protocol == "zeroshot" or run.trainer.startswith("ZeroshotCLIP"):
+            own = without_keys(own, TRAINING_ONLY)  # a run that trains nothing: its schedule is no setting
         path, file = self._loaded(run, tpt)
         if tpt:
             section = (run.record or {}).get("tpt")
@@ -157,7 +159,7 @@ class RunSettings:
         # An evaluation of a trained model: that model's settings, and the evaluation's own where they differ.
         trained = self._settings(source, columns, depth + 1)
         settings = dict(trained)
-        for key, value in without_keys(own, TRAINING_ONLY).items():
+        for key, value in own.items():
             if key.startswith("DATASET.") or key == PARTIAL or (PARTIAL in trained and key not in trained):
                 continue
             if key not in trained or trained[key] != value:
