@@ -207,13 +207,18 @@ def test_dg_rows_part_evaluations_of_another_epoch(tmp_path):
     assert_cell(table.cell("CoOp", column="ImageNet-V2"), [41.0, 42.0, 44.0])
 
 
-def test_evaluations_of_models_trained_elsewhere_are_reported(tmp_path):
+def test_runs_left_out_are_reported(tmp_path):
     transfer_runs(tmp_path, "cross_dataset", ["OxfordPets"], {1: 16})
     cfg = full_config("CoOp", "EuroSAT", 1, 16)
     run_json(tmp_path, "from_caltech", cfg, "cross_dataset", 30.0, eval_only=True, source_dataset="Caltech101")
+    write(tmp_path / "no_accuracy" / "run.json", json.dumps({
+        "trainer": "ZeroshotCLIP", "dataset": "OxfordPets", "protocol": "zeroshot", "seed": -1, "shots": -1,
+        "subsample": "all", "finished": FINISHED, "metrics": {"macro_f1": 40.0}}))
     table = cross_dataset_table(collect_runs(tmp_path).runs)
     assert any(f"{tmp_path / 'from_caltech'}: left out, it evaluates a model trained on Caltech101" in n
                for n in table.notes)
+    assert (f"1 run(s) left out: their result has no accuracy (e.g. {tmp_path / 'no_accuracy'}; they have macro_f1; "
+            "--metric chooses)") in table.notes
 
 
 # ------------------------------------------------------------------------------------------ TPT

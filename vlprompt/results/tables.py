@@ -138,6 +138,7 @@ class SeedGroups:
         self.members: dict[str, list[Run]] = defaultdict(list)
         self.notes: list[str] = []
         self._entries: list[tuple[str, tuple, Run, int, Run]] = []
+        self._lacking: dict[str, list[Run]] = defaultdict(list)  # metric -> runs left out without it
         self._resolved = False
 
     def add(self, method: str, column: tuple, run: Run, priority: int = 0, like: Run | None = None) -> None:
@@ -146,6 +147,10 @@ class SeedGroups:
         if self._resolved:
             raise RuntimeError("SeedGroups.add after resolve()")
         self._entries.append((method, tuple(column), run, priority, like or run))
+
+    def lacks(self, run: Run, metric: str) -> None:
+        """``run`` belongs here but has no ``metric``: left out, and one note says so for all such runs."""
+        self._lacking[metric].append(run)
 
     def resolve(self) -> SeedGroups:
         """Split methods into rows (once); returns self."""
@@ -172,6 +177,10 @@ class SeedGroups:
                 self.members[label].append(run)
                 self._keep((label, *column), run, priority)
         self.notes += settings.notes_for(like for *_, like in self._entries)
+        for metric, runs in self._lacking.items():
+            have = sorted({name for run in runs for name in run.metrics}) or ["no metric"]
+            self.notes.append(f"{len(runs)} run(s) left out: their result has no {metric} (e.g. {runs[0].directory}; "
+                              f"they have {', '.join(have)}; --metric chooses)")
         return self
 
     def _keep(self, key: tuple, run: Run, priority: int) -> None:
@@ -226,11 +235,6 @@ def order_datasets(found: Iterable[str], standard: Sequence[str]) -> list[str]:
 
 def _selected(datasets: Sequence[str] | None) -> list[str] | None:
     return None if datasets is None else [canonical_dataset(d) for d in datasets]
-
-
-def _no_metric_note(run: Run, metric: str) -> str:
-    return (f"{run.directory}: left out, its result has no {metric} (it has "
-            f"{', '.join(sorted(run.metrics)) or 'no metric'}; --metric chooses)")
 
 
 def _never_run_note(shown: Sequence[str], standard: Sequence[str], what: str) -> list[str]:
@@ -288,7 +292,7 @@ def few_shot_results(runs: Iterable[Run], datasets: Sequence[str] | None = None,
         if wanted is not None and run.dataset not in wanted:
             continue
         if run.metric(metric) is None:
-            groups.notes.append(_no_metric_note(run, metric))
+            groups.lacks(run, metric)
             continue
         groups.add(label(run), (run.dataset, shots), run)
     keys = list(groups.resolve().groups)
@@ -357,7 +361,7 @@ def base2new_table(runs: Iterable[Run], datasets: Sequence[str] | None = None,
         else:
             continue
         if run.metric(metric) is None:
-            groups.notes.append(_no_metric_note(run, metric))
+            groups.lacks(run, metric)
             continue
         groups.add(label(run), (run.dataset, part), run, priority)
     keys = list(groups.resolve().groups)
@@ -429,7 +433,7 @@ def transfer_results(runs: Sequence[Run], source: str = "ImageNet", label_by: Se
                                 f"{display_name(str(run.source_dataset))}, not {display_name(source)} (--source)")
             continue
         if run.metric(metric) is None:
-            groups.notes.append(_no_metric_note(run, metric))
+            groups.lacks(run, metric)
             continue
         method = label(run)
         groups.add(method, (run.dataset,), run, priority=1)
