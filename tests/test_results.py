@@ -589,6 +589,10 @@ def test_few_shot_table_and_plot_from_real_runs(real_runs, tmp_path, capsys):
     assert min(accuracy[("LinearProbeCLIP", 1)] + accuracy[("LinearProbeCLIP", 2)]) > 20.0  # above chance
     assert (plots / "OxfordPets.png").read_bytes()[:4] == b"\x89PNG"
     assert "Could not read" not in captured.err
+    # Training made a tensorboard/ folder only if tensorboard is installed (never an empty one).
+    import importlib.util
+
+    assert bool(list(root.rglob("tensorboard"))) == (importlib.util.find_spec("tensorboard") is not None)
 
 
 def test_logs_alone_give_the_same_real_table(real_runs, tmp_path):

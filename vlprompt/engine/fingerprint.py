@@ -25,6 +25,7 @@ __all__ = [
     "fingerprint",
     "method_section",
     "result_settings",
+    "without_keys",
 ]
 
 SEED_KEY = "SEED"
@@ -71,6 +72,12 @@ def method_section(trainer_name: str) -> str:
 
 def _dropped(key: str, exclude: Iterable[str]) -> bool:
     return any(key == gone or key.startswith(gone + ".") for gone in exclude)
+
+
+def without_keys(settings: Mapping[str, Any], exclude: Iterable[str]) -> dict[str, Any]:
+    """``settings`` without the keys ``exclude`` names (a key, or a prefix: ``OPTIM`` drops ``OPTIM.*``)."""
+    exclude = tuple(exclude)
+    return {key: value for key, value in settings.items() if not _dropped(key, exclude)}
 
 
 def result_settings(cfg: Mapping, extras: Mapping[str, Any] | None = None,

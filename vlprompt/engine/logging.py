@@ -159,6 +159,7 @@ class TensorboardWriter:
         except ImportError:
             self._writer = None
             return
+        os.makedirs(log_dir, exist_ok=True)
         print(f"Initialize tensorboard (log_dir={log_dir})")
         self._writer = SummaryWriter(log_dir=log_dir)
 

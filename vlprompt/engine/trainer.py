@@ -341,9 +341,8 @@ class SimpleTrainer(TrainerBase):
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
         if distributed.is_main_process():
-            writer_dir = osp.join(self.output_dir, "tensorboard")
-            os.makedirs(writer_dir, exist_ok=True)
-            self.init_writer(writer_dir)
+            # TensorboardWriter makes the folder only when tensorboard is installed (no empty tensorboard/).
+            self.init_writer(osp.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 
     def after_train(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.results.render import FORMATS, render, render_all
 from vlprompt.results.runs import collect_runs
-from vlprompt.results.tables import TABLE_KINDS, build_tables, few_shot_results
+from vlprompt.results.tables import IN_NO_TABLE, TABLE_KINDS, build_tables, few_shot_results
 
 PROTOCOL_ALIASES = {
     "all": TABLE_KINDS, "few_shot": ("few_shot",), "few-shot": ("few_shot",), "fewshot": ("few_shot",),
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-by", default="trainer",
                         help="comma-separated run fields or config keys naming a row, e.g. "
                              "trainer,backbone or trainer,TRAINER.COOP.CSC (default: trainer)")
+    parser.add_argument("--vary-by-column", default=None, metavar="KEYS",
+                        help="comma-separated config keys that may change from column to column of one row "
+                             "(never within a cell), e.g. OPTIM.MAX_EPOCH for CoOp's 50/100/200 epochs by shots; "
+                             "by default runs that differ in any setting but the seed are in different rows")
     parser.add_argument("--datasets", default=None,
                         help="comma-separated datasets (DATASET.NAME) to show, in this order; missing runs "
                              "show as missing (default: every dataset that has runs)")
@@ -62,9 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     label_by = _list(args.label_by) or ["trainer"]
     datasets = _list(args.datasets)
     kinds = PROTOCOL_ALIASES[args.protocol]
-    tables = build_tables(collection.runs, kinds, datasets, label_by, args.metric, args.source)
+    vary = _list(args.vary_by_column) or []
+    tables = build_tables(collection.runs, kinds, datasets, label_by, args.metric, args.source, vary=vary)
     for note in collection.notes:
         print(f"Note: {note}", file=sys.stderr)
+    unshown = sorted({run.directory for run in collection.runs if run.protocol in IN_NO_TABLE})
+    if unshown and args.protocol == "all":
+        print(f"Note: {len(unshown)} run(s) trained on all the data (protocol full) are in no table, e.g. "
+              f"{unshown[0]}", file=sys.stderr)
     if not tables:
         wanted = "any table" if args.protocol == "all" else f"a {args.protocol} table"
         print(f"No runs for {wanted} under {', '.join(args.roots)} ({len(collection.runs)} runs read)",
@@ -85,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         from vlprompt.results.plots import plot_few_shot
 
-        results = few_shot_results(collection.runs, datasets, label_by, args.metric)
+        results = few_shot_results(collection.runs, datasets, label_by, args.metric, vary=vary)
         plotted = plot_few_shot(results, args.plot)
         for path in plotted:
             print(f"Wrote {path}", file=sys.stderr)

@@ -9,9 +9,11 @@ a run that yields nothing comes back with the reason instead of being skipped.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -191,7 +193,38 @@ def read_config_dump(lines: list[str]) -> dict | None:
         config = yaml.safe_load("\n".join(body))
     except yaml.YAMLError:
         return None
-    return config if isinstance(config, dict) else None
+    return _as_written(config) if isinstance(config, dict) else None
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _as_written(value: Any) -> Any:
+    """A value of the printed config as the config held it (as ``run.json`` stores it), so a run read from
+    its log and one read from its record compare equal: yacs prints tuples as ``(224, 224)``, ``1e-05``
+    is no float to YAML 1.1, an empty string reads back as null and None as the word ``None``."""
+    if isinstance(value, dict):
+        return {key: _as_written(item) for key, item in value.items()}
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    if value == "None":
+        return None
+    if _FLOAT.match(value):
+        return float(value)
+    if value[:1] in "([" and value[-1:] in ")]":
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return value
+        if isinstance(parsed, (tuple, list)):
+            return _lists(parsed)
+    return value
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(item) for item in value] if isinstance(value, (tuple, list)) else value
 
 
 def parse_bool(text: str | None) -> bool:

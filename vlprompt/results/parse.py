@@ -10,6 +10,7 @@ skipping it silently or stopping at the first stray file.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlprompt.results.logs import RunParse, parse_run_dir
+from vlprompt.engine.fingerprint import SEED_KEY, describe_differences, result_settings
+from vlprompt.results.logs import RunParse, parse_run_dir, read_config_dump, read_lines
 
 
 def compute_ci95(values: Sequence[float]) -> float:
@@ -73,8 +75,41 @@ def print_summary(summary: DirectorySummary, ci95: bool) -> None:
     print("===")
 
 
+def run_settings(run: RunParse) -> dict | None:
+    """The settings of a parsed run but its seed (``vlprompt.engine.fingerprint``), from the config its
+    ``run.json`` stores or, without one, the config printed at the top of the log read; None if neither."""
+    config = None
+    record = os.path.join(run.directory, "run.json")
+    if os.path.isfile(record):
+        try:
+            with open(record, encoding="utf-8") as handle:
+                config = json.load(handle).get("config")
+        except (OSError, ValueError, AttributeError):
+            config = None
+    if not isinstance(config, dict) and run.log:
+        try:
+            config = read_config_dump(read_lines(run.log))
+        except OSError:
+            config = None
+    return result_settings(config, exclude=(SEED_KEY,)) if isinstance(config, dict) and config else None
+
+
+def mixed_settings_notes(summary: DirectorySummary) -> list[str]:
+    """One note per seed folder whose settings differ from the first one's in more than the seed: the
+    reference averages them anyway (and so does stdout here), the note says what was mixed."""
+    known = [(os.path.basename(run.directory), settings) for run in summary.parsed
+             if (settings := run_settings(run)) is not None]
+    if not known:
+        return []
+    first_name, first = known[0]
+    return [f"{summary.directory}: {name} has other settings than {first_name}, yet is averaged with it:\n"
+            + describe_differences(first, settings, first_name=first_name, second_name=name)
+            for name, settings in known[1:] if settings != first]
+
+
 def report_problems(summary: DirectorySummary) -> None:
-    """What could not be used, and why (stderr, so stdout stays the reference's)."""
+    """What could not be used, and why, and seed folders of other settings (stderr, so stdout stays the
+    reference's)."""
     for run in summary.failed:
         print(f"Could not parse {run.directory}: {run.reason}", file=sys.stderr)
     for run in summary.parsed:
@@ -82,6 +117,8 @@ def report_problems(summary: DirectorySummary) -> None:
             print(f"Note: {run.directory}: {note}", file=sys.stderr)
     for path in summary.skipped:
         print(f"Skipped {path}: not a run folder", file=sys.stderr)
+    for note in mixed_settings_notes(summary):
+        print(f"Note: {note}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

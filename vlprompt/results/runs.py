@@ -87,6 +87,7 @@ class Run:
     metrics: dict[str, float]
     eval_only: bool = False
     model_dir: str | None = None
+    load_epoch: int | None = None
     source_dataset: str | None = None
     finished: str = ""
     config: dict | None = None
@@ -137,6 +138,11 @@ def _int(value: Any, default: int = -1) -> int:
         return default
 
 
+def _optional_int(value: Any) -> int | None:
+    number = _int(value, default=-1)
+    return None if number < 0 or value in (None, "", "None") else number
+
+
 def runs_from_record(directory: str, record: dict) -> list[Run]:
     """The runs a ``run.json`` describes: one, or one per dataset when it has ``metrics_per_dataset``
     (a TPT run over several test sets; ``metrics`` then holds their average)."""
@@ -167,6 +173,7 @@ def runs_from_record(directory: str, record: dict) -> list[Run]:
             metrics={k: v for k, v in values.items() if isinstance(v, (int, float))},
             eval_only=bool(record.get("eval_only", False)),
             model_dir=record.get("model_dir"),
+            load_epoch=_optional_int(record.get("load_epoch")),
             source_dataset=record.get("source_dataset"),
             finished=str(record.get("finished") or ""),
             config=record.get("config"),
@@ -266,6 +273,7 @@ def run_from_logs(directory: str, near: Sequence[str]) -> tuple[Run | None, str,
             metrics={RESULT_METRICS[k]: v for k, v in parsed.values.items()},
             eval_only=bool(eval_only),
             model_dir=model_dir,
+            load_epoch=_optional_int(args.get("load_epoch")) if model_dir else None,
             source_dataset=source,
             finished=_mtime_iso(path),
             config=config,
@@ -300,6 +308,20 @@ def collect_runs(roots: str | Sequence[str]) -> Collection:
             if not is_run_folder(filenames):
                 continue
             _add_run_folder(collection, dirpath, filenames, near=[root])
+    return collection
+
+
+def runs_in_folder(directory: str, near: Sequence[str] = ()) -> Collection:
+    """The runs of the one run folder ``directory``, read as :func:`collect_runs` reads them (e.g. the model
+    an evaluation loaded, when it lies outside the folders given)."""
+    collection = Collection()
+    try:
+        names = os.listdir(directory)
+    except OSError as err:
+        collection.problems.append(Problem(directory, f"cannot list ({err})"))
+        return collection
+    if is_run_folder(names):
+        _add_run_folder(collection, directory, names, near=list(near) or [directory])
     return collection
 
 

@@ -6,8 +6,12 @@ Conventions, the same in every table:
   per-dataset means;
 - a run that does not exist is a missing cell (``None``), never a zero, and an average over datasets is
   missing when any of its datasets is; cells that do not apply (a trained method at 0 shots) are ``NA``;
-- two runs of the same method, dataset and seed (a run repeated in another folder) are not averaged:
-  the newest is used and a note says which was left out.
+- a cell averages runs of one configuration only: runs whose settings differ in more than the seed (and
+  the keys the columns stand for) are in different rows, named by what differs (``CoOp
+  (OPTIM.MAX_EPOCH=50)``, ``TPT (from words)``; :mod:`vlprompt.results.identity`), and a note says so;
+- two runs of the same settings, dataset and seed (a run repeated in another folder) are not averaged:
+  the newest is used and a note says which was left out; so is every run left out of a table it belongs
+  to (no such metric, a model trained on another source).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Union
 
 import numpy as np
 
+from vlprompt.engine.fingerprint import fingerprint
+from vlprompt.results.identity import RunSettings, row_labels
 from vlprompt.results.runs import (
     DG_TARGETS,
     FEW_SHOT_DATASETS,
@@ -36,7 +42,13 @@ NA = "n/a"  # a cell that does not apply (as opposed to None: a run that is miss
 ZERO_SHOT_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 LINEAR_PROBE_TRAINER = "LinearProbeCLIP"
 TABLE_KINDS = ("few_shot", "base2new", "cross_dataset", "dg", "tpt")
+IN_NO_TABLE = ("full",)  # protocols no paper table shows (trained on all the data)
 TRANSFER_PROTOCOLS = ("zeroshot", "tpt", "cross_dataset", "domain_generalization", "eval")
+# Config keys a table's columns stand for (beyond identity.COLUMN_KEYS: seed and dataset): runs that
+# differ only in them may share a row.
+FEW_SHOT_COLUMNS = ("DATASET.NUM_SHOTS",)
+BASE2NEW_COLUMNS = ("DATASET.SUBSAMPLE_CLASSES",)
+TRANSFER_COLUMNS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,14 +119,71 @@ def make_labeler(label_by: Sequence[str] = ("trainer",)) -> Labeler:
 
 
 class SeedGroups:
-    """Runs grouped by a key, one run per seed; a second run of the same key and seed is set aside
-    (the one with the higher priority, then the newer, is kept) and reported in ``notes``."""
+    """Runs grouped into rows and cells, one run per seed in a cell.
 
-    def __init__(self) -> None:
+    ``add`` files a run under a method (its ``--label-by`` name) and a column; :meth:`resolve` then splits
+    each method into rows so that no row mixes runs whose settings differ in more than the seed and the
+    ``columns`` keys (:mod:`vlprompt.results.identity`; ``vary`` keys may differ between the columns of a
+    row, never within a cell), and names the rows by what differs. A second run of the same row, cell and
+    seed is set aside (the one with the higher priority, then the newer, is kept) and reported in ``notes``.
+    """
+
+    def __init__(self, settings: RunSettings | None = None, columns: Sequence[str] = (),
+                 vary: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.columns = tuple(columns)
+        self.vary = tuple(vary)
         self.groups: dict[tuple, dict[int, tuple[int, Run]]] = defaultdict(dict)
+        self.trainer_of: dict[str, str] = {}
+        self.members: dict[str, list[Run]] = defaultdict(list)
         self.notes: list[str] = []
+        self._entries: list[tuple[str, tuple, Run, int, Run]] = []
+        self._lacking: dict[str, list[Run]] = defaultdict(list)  # metric -> runs left out without it
+        self._resolved = False
 
-    def add(self, key: tuple, run: Run, priority: int = 0) -> None:
+    def add(self, method: str, column: tuple, run: Run, priority: int = 0, like: Run | None = None) -> None:
+        """File ``run`` under ``method`` in ``column``; ``like``: the run whose settings decide its row (a
+        training run shown beside the evaluations that loaded it goes to their row)."""
+        if self._resolved:
+            raise RuntimeError("SeedGroups.add after resolve()")
+        self._entries.append((method, tuple(column), run, priority, like or run))
+
+    def lacks(self, run: Run, metric: str) -> None:
+        """``run`` belongs here but has no ``metric``: left out, and one note says so for all such runs."""
+        self._lacking[metric].append(run)
+
+    def resolve(self) -> SeedGroups:
+        """Split methods into rows (once); returns self."""
+        if self._resolved:
+            return self
+        self._resolved = True
+        settings = self.settings or RunSettings(run for _, _, run, _, _ in self._entries)
+        by_method: dict[str, list[tuple[tuple, Run, int, Run, str]]] = defaultdict(list)
+        found: dict[str, dict[str, dict]] = defaultdict(dict)
+        for method, column, run, priority, like in self._entries:
+            values = settings.of(like, self.columns)
+            key = fingerprint(values)
+            found[method][key] = values
+            by_method[method].append((column, run, priority, like, key))
+        for method, entries in by_method.items():
+            cells: dict[tuple, set[str]] = defaultdict(set)
+            for column, _, _, _, key in entries:
+                cells[column].add(key)
+            labels, notes = row_labels(method, found[method], [c for c in cells.values() if len(c) > 1], self.vary)
+            self.notes += notes
+            for column, run, priority, like, key in entries:
+                label = labels[key]
+                self.trainer_of.setdefault(label, like.trainer)
+                self.members[label].append(run)
+                self._keep((label, *column), run, priority)
+        self.notes += settings.notes_for(like for *_, like in self._entries)
+        for metric, runs in self._lacking.items():
+            have = sorted({name for run in runs for name in run.metrics}) or ["no metric"]
+            self.notes.append(f"{len(runs)} run(s) left out: their result has no {metric} (e.g. {runs[0].directory}; "
+                              f"they have {', '.join(have)}; --metric chooses)")
+        return self
+
+    def _keep(self, key: tuple, run: Run, priority: int) -> None:
         seeds = self.groups[key]
         held = seeds.get(run.seed)
         if held is None:
@@ -130,12 +199,13 @@ class SeedGroups:
             kept, dropped = held_run, run
         if priority == held_priority:
             self.notes.append(
-                f"two runs of {' / '.join(map(str, key))} with seed {run.seed}: using {kept.directory}, "
-                f"not {dropped.directory} (--label-by can tell such runs apart)"
+                f"two runs of {' / '.join(map(str, key))} with seed {run.seed} and the same settings: using "
+                f"{kept.directory}, not {dropped.directory}"
             )
 
     def runs(self, key: tuple) -> list[Run]:
-        """The kept runs of ``key``, by seed."""
+        """The kept runs of ``key`` (row name, then the column), by seed."""
+        self.resolve()
         return [run for _, (_, run) in sorted(self.groups.get(key, {}).items())]
 
     def cell(self, key: tuple, metric: str) -> Cell | None:
@@ -202,14 +272,16 @@ class FewShotResults:
 
 
 def few_shot_results(runs: Iterable[Run], datasets: Sequence[str] | None = None,
-                     label_by: Sequence[str] = ("trainer",), metric: str = "accuracy") -> FewShotResults:
-    """Few-shot runs (all classes, NUM_SHOTS > 0) and zero-shot CLIP (as 0 shots) by dataset and method."""
+                     label_by: Sequence[str] = ("trainer",), metric: str = "accuracy", *,
+                     vary: Sequence[str] = (), settings: RunSettings | None = None) -> FewShotResults:
+    """Few-shot runs (all classes, NUM_SHOTS > 0) and zero-shot CLIP (as 0 shots) by dataset and method;
+    runs of other settings than the seed and the shots are in other rows (``vary``: see :class:`SeedGroups`)."""
+    runs = list(runs)
     label = make_labeler(label_by)
-    groups = SeedGroups()
-    trainer_of: dict[str, str] = {}
+    groups = SeedGroups(settings or RunSettings(runs), FEW_SHOT_COLUMNS, vary)
     wanted = _selected(datasets)
     for run in runs:
-        if run.subsample not in ("all", "") or run.metric(metric) is None:
+        if run.subsample not in ("all", ""):
             continue
         if run.protocol == "zeroshot":
             shots = 0
@@ -219,21 +291,22 @@ def few_shot_results(runs: Iterable[Run], datasets: Sequence[str] | None = None,
             continue
         if wanted is not None and run.dataset not in wanted:
             continue
-        method = label(run)
-        trainer_of.setdefault(method, run.trainer)
-        groups.add((run.dataset, method, shots), run)
-    keys = list(groups.groups)
-    shown = wanted if wanted is not None else order_datasets({k[0] for k in keys}, FEW_SHOT_DATASETS)
-    cells = {key: cell for key in keys if (cell := groups.cell(key, metric)) is not None}
+        if run.metric(metric) is None:
+            groups.lacks(run, metric)
+            continue
+        groups.add(label(run), (run.dataset, shots), run)
+    keys = list(groups.resolve().groups)
+    shown = wanted if wanted is not None else order_datasets({k[1] for k in keys}, FEW_SHOT_DATASETS)
+    cells = {(d, m, s): cell for m, d, s in keys if (cell := groups.cell((m, d, s), metric)) is not None}
     notes = list(groups.notes)
     if wanted is None:
         notes += _never_run_note(shown, FEW_SHOT_DATASETS, "Datasets")
     return FewShotResults(
         datasets=list(shown),
-        methods=order_methods({k[1] for k in keys}, trainer_of),
+        methods=order_methods({k[0] for k in keys}, groups.trainer_of),
         shots=sorted({k[2] for k in keys}),
         cells=cells,
-        trainer_of=trainer_of,
+        trainer_of=dict(groups.trainer_of),
         notes=notes,
     )
 
@@ -266,19 +339,20 @@ BASE_PROTOCOLS = {"base2new_test_base": 1, "base2new_train": 0}  # an explicit e
 
 
 def base2new_table(runs: Iterable[Run], datasets: Sequence[str] | None = None,
-                   label_by: Sequence[str] = ("trainer",), metric: str = "accuracy") -> Table:
+                   label_by: Sequence[str] = ("trainer",), metric: str = "accuracy", *,
+                   vary: Sequence[str] = (), settings: RunSettings | None = None) -> Table:
     """Base, New and H per dataset and method, and their average over datasets.
 
     H is the harmonic mean of the seed-averaged Base and New accuracies, and the average H is the
     harmonic mean of the averaged Base and New (as CoCoOp reports it: H(80.47, 71.69) = 75.83), not the
     mean of the per-dataset H.
     """
+    runs = list(runs)
     label = make_labeler(label_by)
-    groups = SeedGroups()
-    trainer_of: dict[str, str] = {}
+    groups = SeedGroups(settings or RunSettings(runs), BASE2NEW_COLUMNS, vary)
     wanted = _selected(datasets)
     for run in runs:
-        if run.metric(metric) is None or (wanted is not None and run.dataset not in wanted):
+        if wanted is not None and run.dataset not in wanted:
             continue
         if run.protocol in BASE_PROTOCOLS:
             part, priority = "Base", BASE_PROTOCOLS[run.protocol]
@@ -286,24 +360,25 @@ def base2new_table(runs: Iterable[Run], datasets: Sequence[str] | None = None,
             part, priority = "New", 0
         else:
             continue
-        method = label(run)
-        trainer_of.setdefault(method, run.trainer)
-        groups.add((run.dataset, method, part), run, priority)
-    keys = list(groups.groups)
-    shown = wanted if wanted is not None else order_datasets({k[0] for k in keys}, FEW_SHOT_DATASETS)
-    methods = order_methods({k[1] for k in keys}, trainer_of)
+        if run.metric(metric) is None:
+            groups.lacks(run, metric)
+            continue
+        groups.add(label(run), (run.dataset, part), run, priority)
+    keys = list(groups.resolve().groups)
+    shown = wanted if wanted is not None else order_datasets({k[1] for k in keys}, FEW_SHOT_DATASETS)
+    methods = order_methods({k[0] for k in keys}, groups.trainer_of)
     table = Table("base2new", "Base-to-new generalisation (%): Base, New and their harmonic mean H",
                   ["Dataset", "Method"], ["Base", "New", "H"], notes=list(groups.notes))
     for dataset in shown:
         for method in methods:
-            base = groups.cell((dataset, method, "Base"), metric)
-            new = groups.cell((dataset, method, "New"), metric)
+            base = groups.cell((method, dataset, "Base"), metric)
+            new = groups.cell((method, dataset, "New"), metric)
             h = Cell(harmonic_mean(base.mean, new.mean)) if base and new else None
             table.rows.append(([display_name(dataset), method], [base, new, h]))
     if len(shown) > 1:
         for method in methods:
-            base = mean_of(groups.cell((d, method, "Base"), metric) for d in shown)
-            new = mean_of(groups.cell((d, method, "New"), metric) for d in shown)
+            base = mean_of(groups.cell((method, d, "Base"), metric) for d in shown)
+            new = mean_of(groups.cell((method, d, "New"), metric) for d in shown)
             h = Cell(harmonic_mean(base.mean, new.mean)) if base and new else None
             table.rows.append((["Average", method], [base, new, h]))
         table.notes.append(f"Average: mean over the {len(shown)} datasets above (missing when a method lacks "
@@ -342,33 +417,37 @@ class TransferResults:
 
 
 def transfer_results(runs: Sequence[Run], source: str = "ImageNet", label_by: Sequence[str] = ("trainer",),
-                     metric: str = "accuracy") -> TransferResults:
+                     metric: str = "accuracy", *, vary: Sequence[str] = (),
+                     settings: RunSettings | None = None) -> TransferResults:
     """Evaluations on every dataset (zero-shot, TPT, cross-dataset, domain generalisation), plus, for
     models trained on ``source``, their accuracy there: an evaluation on ``source`` when there is one,
-    else the final test of the training run their ``model_dir`` points at."""
+    else the final test of the training run their ``model_dir`` points at (in the evaluations' row)."""
     label = make_labeler(label_by)
-    groups = SeedGroups()
-    trainer_of: dict[str, str] = {}
-    protocols_of: dict[str, set[str]] = defaultdict(set)
+    groups = SeedGroups(settings or RunSettings(runs), TRANSFER_COLUMNS, vary)
     by_folder = {os.path.realpath(run.directory): run for run in runs if run.dataset == source}
     for run in runs:
-        if run.subsample not in ("all", "") or run.metric(metric) is None:
-            continue
-        if run.protocol not in TRANSFER_PROTOCOLS:
+        if run.subsample not in ("all", "") or run.protocol not in TRANSFER_PROTOCOLS:
             continue
         if run.protocol in ("cross_dataset", "domain_generalization") and run.source_dataset not in (None, source):
+            groups.notes.append(f"{run.directory}: left out, it evaluates a model trained on "
+                                f"{display_name(str(run.source_dataset))}, not {display_name(source)} (--source)")
+            continue
+        if run.metric(metric) is None:
+            groups.lacks(run, metric)
             continue
         method = label(run)
-        trainer_of.setdefault(method, run.trainer)
-        protocols_of[method].add(run.protocol)
-        groups.add((method, run.dataset), run, priority=1)
+        groups.add(method, (run.dataset,), run, priority=1)
         if run.protocol in ("cross_dataset", "domain_generalization"):
             near = [os.path.dirname(run.directory)]
             trained = resolve_model_dir(run.model_dir, near)
             source_run = by_folder.get(trained) if trained else None
             if source_run is not None and source_run.metric(metric) is not None:
-                groups.add((method, source), source_run, priority=0)
-    return TransferResults(groups, trainer_of, dict(protocols_of), metric)
+                groups.add(method, (source,), source_run, priority=0, like=run)
+    groups.resolve()
+    protocols_of: dict[str, set[str]] = defaultdict(set)
+    for method, runs_of in groups.members.items():
+        protocols_of[method] = {run.protocol for run in runs_of}
+    return TransferResults(groups, dict(groups.trainer_of), dict(protocols_of), metric)
 
 
 def _transfer_table(results: TransferResults, kind: str, title: str, methods: Sequence[str],
@@ -386,10 +465,11 @@ def _transfer_table(results: TransferResults, kind: str, title: str, methods: Se
 
 
 def cross_dataset_table(runs: Sequence[Run], source: str = "ImageNet", datasets: Sequence[str] | None = None,
-                        label_by: Sequence[str] = ("trainer",), metric: str = "accuracy") -> Table:
+                        label_by: Sequence[str] = ("trainer",), metric: str = "accuracy", *,
+                        vary: Sequence[str] = (), settings: RunSettings | None = None) -> Table:
     """Source accuracy, then each target dataset and the target average (CoCoOp's cross-dataset table)."""
     source = canonical_dataset(source)
-    results = transfer_results(runs, source, label_by, metric)
+    results = transfer_results(runs, source, label_by, metric, vary=vary, settings=settings)
     wanted = _selected(datasets)
     targets = wanted if wanted is not None else order_datasets(results.datasets_of(["cross_dataset"]), XD_TARGETS)
     targets = [d for d in targets if d != source]
@@ -403,10 +483,11 @@ def cross_dataset_table(runs: Sequence[Run], source: str = "ImageNet", datasets:
 
 
 def dg_table(runs: Sequence[Run], source: str = "ImageNet", datasets: Sequence[str] | None = None,
-             label_by: Sequence[str] = ("trainer",), metric: str = "accuracy") -> Table:
+             label_by: Sequence[str] = ("trainer",), metric: str = "accuracy", *,
+             vary: Sequence[str] = (), settings: RunSettings | None = None) -> Table:
     """Source (ImageNet) accuracy, its four shifted versions and their (OOD) average."""
     source = canonical_dataset(source)
-    results = transfer_results(runs, source, label_by, metric)
+    results = transfer_results(runs, source, label_by, metric, vary=vary, settings=settings)
     wanted = _selected(datasets)
     found = results.datasets_of(["domain_generalization"])
     targets = wanted if wanted is not None else order_datasets(found, DG_TARGETS)
@@ -421,11 +502,12 @@ def dg_table(runs: Sequence[Run], source: str = "ImageNet", datasets: Sequence[s
 
 
 def tpt_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label_by: Sequence[str] = ("trainer",),
-               metric: str = "accuracy", source: str = "ImageNet") -> list[Table]:
+               metric: str = "accuracy", source: str = "ImageNet", *,
+               vary: Sequence[str] = (), settings: RunSettings | None = None) -> list[Table]:
     """TPT's two tables: ``source`` (ImageNet) and its distribution shifts (Average and OOD Average), and
     the other sets (Average), with zero-shot CLIP and ``source``-trained prompt methods as baselines."""
     source = canonical_dataset(source)
-    results = transfer_results(runs, source, label_by, metric)
+    results = transfer_results(runs, source, label_by, metric, vary=vary, settings=settings)
     found = results.datasets_of(["tpt"])
     wanted = _selected(datasets)
     if wanted is not None:
@@ -451,29 +533,31 @@ def tpt_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label
 # ------------------------------------------------------------------------------------------ all
 def build_tables(runs: Sequence[Run], kinds: Sequence[str] = TABLE_KINDS, datasets: Sequence[str] | None = None,
                  label_by: Sequence[str] = ("trainer",), metric: str = "accuracy",
-                 source: str = "ImageNet") -> list[Table]:
-    """The requested tables that have runs (each kind in ``TABLE_KINDS``)."""
+                 source: str = "ImageNet", *, vary: Sequence[str] = ()) -> list[Table]:
+    """The requested tables that have runs (each kind in ``TABLE_KINDS``); ``vary``: settings that may
+    change from column to column of a row (see :class:`SeedGroups`)."""
     tables: list[Table] = []
+    same = {"vary": vary, "settings": RunSettings(runs)}
     for kind in kinds:
         if kind == "few_shot":
-            results = few_shot_results(runs, datasets, label_by, metric)
+            results = few_shot_results(runs, datasets, label_by, metric, **same)
             if results.cells:
                 tables.append(few_shot_table(results))
         elif kind == "base2new":
-            table = base2new_table(runs, datasets, label_by, metric)
+            table = base2new_table(runs, datasets, label_by, metric, **same)
             if table.rows:
                 tables.append(table)
         elif kind == "cross_dataset":
-            table = cross_dataset_table(runs, source, datasets, label_by, metric)
+            table = cross_dataset_table(runs, source, datasets, label_by, metric, **same)
             if any(r.protocol == "cross_dataset" for r in runs) and table.rows:
                 tables.append(table)
         elif kind == "dg":
-            table = dg_table(runs, source, datasets, label_by, metric)
+            table = dg_table(runs, source, datasets, label_by, metric, **same)
             if any(r.protocol == "domain_generalization" for r in runs) and table.rows:
                 tables.append(table)
         elif kind == "tpt":
             if any(r.protocol == "tpt" for r in runs):
-                tables += tpt_tables(runs, datasets, label_by, metric, source)
+                tables += tpt_tables(runs, datasets, label_by, metric, source, **same)
         else:
             raise ValueError(f'unknown table "{kind}"; choose from {", ".join(TABLE_KINDS)}')
     return tables
