@@ -310,8 +310,8 @@ def select_gpu(gpu: str | None) -> list[str]:
     if visible is not None and visible.strip():
         devices = [d.strip() for d in visible.split(",") if d.strip()]
         if index >= len(devices):
-            raise UsageError(f"--gpu {index}: CUDA_VISIBLE_DEVICES={visible} makes only {len(devices)} GPU(s) "
-                             f"visible (indices 0-{len(devices) - 1})")
+            raise UsageError(f"--gpu {index}: CUDA_VISIBLE_DEVICES={visible} makes {len(devices)} GPU(s) visible; "
+                             f"give an index below {len(devices)}")
         chosen = devices[index]
     else:
         chosen = str(index)
