@@ -92,6 +92,11 @@ def installed(tmp_path_factory) -> Path:
     """vlprompt built into a wheel from a copy of the tracked files and installed (``--no-deps``, nothing
     downloaded) into a fresh virtual environment; its dependencies come from this test's environment through
     a .pth file, which does not make the checkout importable. Returns the environment's folder."""
+    import pip
+    from packaging.version import Version
+
+    if Version(pip.__version__) < Version("22.3"):
+        pytest.skip(f"pip {pip.__version__} has no --python (22.3+ installs into another environment)")
     base = tmp_path_factory.mktemp("install")
     source = base / "source"  # a copy: building writes build/ and *.egg-info next to setup.py
     shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(

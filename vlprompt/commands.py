@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -130,18 +131,22 @@ def train_main() -> int:
     return run_train(sys.argv[1:])
 
 
-def run_check_data(argv: list[str]) -> int:
-    from vlprompt import check_data
+def delegate(name: str, module: str) -> Callable[[list[str]], int]:
+    """A command that hands its arguments to ``module.main`` (imported when it runs), under its own name."""
 
-    with program_name(f"{PROG} check-data", check_data):
-        return run_cli(lambda: check_data.main(argv), program=f"{PROG} check-data")
+    def run(argv: list[str]) -> int:
+        entry = importlib.import_module(module)
+        with program_name(f"{PROG} {name}", entry):
+            return exit_status(run_cli(lambda: entry.main(argv), program=f"{PROG} {name}"))
+
+    run.__doc__ = f"``{PROG} {name}``: ``{module}.main``."
+    return run
 
 
-def run_tables(argv: list[str]) -> int:
-    from vlprompt.results import cli as results_cli
-
-    with program_name(f"{PROG} tables", results_cli):
-        return run_cli(lambda: results_cli.main(argv), program=f"{PROG} tables")
+run_check_data = delegate("check-data", "vlprompt.check_data")
+run_tables = delegate("tables", "vlprompt.results.cli")
+run_interpret = delegate("interpret", "vlprompt.interpret")
+run_demo = delegate("demo", "vlprompt.demo")
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -170,20 +175,6 @@ def run_plot(argv: list[str]) -> int:
     if args.strict:
         forwarded.append("--strict")
     return run_tables(forwarded)
-
-
-def run_interpret(argv: list[str]) -> int:
-    from vlprompt import interpret
-
-    with program_name(f"{PROG} interpret"):
-        return run_cli(lambda: interpret.main(argv), program=f"{PROG} interpret")
-
-
-def run_demo(argv: list[str]) -> int:
-    from vlprompt import demo
-
-    with program_name(f"{PROG} demo"):
-        return exit_status(run_cli(lambda: demo.main(argv), program=f"{PROG} demo"))
 
 
 # ------------------------------------------------------------------------------------------------- tpt
