@@ -1,11 +1,14 @@
 """Installs vlprompt; the top-level ``trainers/`` and ``datasets/`` ship as ``vlprompt.trainers`` and
-``vlprompt.datasets`` so nothing installed collides with Hugging Face's ``datasets`` package."""
+``vlprompt.datasets`` so nothing installed collides with Hugging Face's ``datasets`` package, and ``configs/``
+ships as package data (``vlprompt/configs/``, found by :mod:`vlprompt.resources`) so an installed vlprompt
+works from any directory."""
 
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PLUGIN_FOLDERS = ("trainers", "datasets")
+DATA_FOLDERS = ("configs",)  # yaml only, installed as vlprompt/<folder>/
 
 
 def plugin_packages() -> list[str]:
@@ -25,10 +28,14 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["vlprompt", "vlprompt.*"]) + plugin_packages(),
-    package_dir={f"vlprompt.{folder}": folder for folder in PLUGIN_FOLDERS},
-    # The micro CLIP pretrained on the toy world (MODEL.BACKBONE.NAME micro-clip) and its provenance.
-    package_data={"vlprompt.toyworld": ["weights/micro_clip.pt", "weights/micro_clip.json"]},
+    packages=find_packages(include=["vlprompt", "vlprompt.*"]) + plugin_packages() + [
+        f"vlprompt.{folder}" for folder in DATA_FOLDERS],
+    package_dir={f"vlprompt.{folder}": folder for folder in PLUGIN_FOLDERS + DATA_FOLDERS},
+    package_data={
+        # The micro CLIP pretrained on the toy world (MODEL.BACKBONE.NAME micro-clip) and its provenance.
+        "vlprompt.toyworld": ["weights/micro_clip.pt", "weights/micro_clip.json"],
+        **{f"vlprompt.{folder}": ["**/*.yaml"] for folder in DATA_FOLDERS},
+    },
     # No upper bounds and no CUDA pins: an existing (CUDA) torch must never be replaced.
     install_requires=[
         "torch>=1.13",
@@ -50,5 +57,5 @@ setup(
         "linear-probe": ["scikit-learn"],
         "tensorboard": ["tensorboard"],
     },
-    entry_points={"console_scripts": ["vlprompt-train=vlprompt.cli:main"]},
+    entry_points={"console_scripts": ["vlprompt=vlprompt.commands:main", "vlprompt-train=vlprompt.commands:train_main"]},
 )

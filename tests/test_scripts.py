@@ -149,3 +149,111 @@ def test_lpclip_main_passes_the_layout_and_shots_to_train_py(tmp_path):
     assert args[args.index("--config-file") + 1] == "configs/trainers/LinearProbeCLIP/rn50.yaml"
     assert args[args.index("--dataset-config-file") + 1] == "configs/datasets/oxford_pets.yaml"
     assert args[-4:] == ["DATASET.NUM_SHOTS", "4", "OPTIM.LR", "0.1"]
+
+
+# ------------------------------------------------------------------------------ usage and finding Python
+# Every script and the arguments it needs (the part of its usage line before the optional [KEY VALUE ...]).
+SCRIPT_ARGS = {
+    "coop/main.sh": "DATASET CFG CTP NCTX SHOTS CSC", "coop/eval.sh": "DATASET CFG", "coop/zeroshot.sh": "DATASET CFG",
+    "cocoop/base2new_train.sh": "DATASET SEED", "cocoop/base2new_test.sh": "DATASET SEED", "cocoop/xd_train.sh": "SEED",
+    "cocoop/xd_test.sh": "DATASET SEED", "genpt/base2new_train.sh": "DATASET SEED",
+    "genpt/base2new_test.sh": "DATASET SEED", "genpt/xd_train.sh": "SEED", "genpt/xd_test.sh": "DATASET SEED",
+    "lpclip/main.sh": "DATASET CFG SHOTS", "tpt/words.sh": "CFG SETS", "tpt/coop.sh": "CFG SETS MODEL_DIR",
+    "tpt/cocoop.sh": "CFG SETS MODEL_DIR", "tpt/merge.sh": "RUN_DIR",
+}  # fmt: skip
+
+
+def test_every_protocol_script_is_listed():
+    shipped = {str(p.relative_to(REPO / "scripts")) for p in (REPO / "scripts").glob("*/*.sh")} - {"tpt/common_tpt.sh"}
+    assert shipped == set(SCRIPT_ARGS)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPT_ARGS))
+def test_missing_arguments_print_the_usage_line(script, tmp_path):
+    """Before anything else (no DATA, no Python needed): the usage line on stderr, exit 2, nothing written."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA", "VLPROMPT_PYTHON", "PYTHON")}
+    env["VLPROMPT_PYTHON"] = str(tmp_path / "no-python-needed")
+    result = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    data = "" if script == "tpt/merge.sh" else "DATA=/path/to/datasets "
+    assert result.returncode == 2 and result.stdout == ""
+    usage, error = result.stderr.splitlines()
+    assert usage.startswith(f"usage: {data}bash scripts/{script} {SCRIPT_ARGS[script]}")
+    assert error == f"error: scripts/{script} takes {len(SCRIPT_ARGS[script].split())} argument(s), got 0"
+    assert not list(tmp_path.iterdir())
+
+    helped = subprocess.run(["bash", str(REPO / "scripts" / script), "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and helped.stdout == usage + "\n"
+
+
+def fake_checkout(tmp_path: Path) -> Path:
+    """The scripts in a folder of their own, so its .venv can be a stub (nothing real runs)."""
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "scripts", root / "scripts")
+    return root
+
+
+def stub_python(path: Path, name: str, import_error: str = "") -> Path:
+    """An executable that records which stub ran (its name, then its arguments) in $CALLS and, for
+    ``-c "import vlprompt"``, fails with ``import_error`` when given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fail = f'if [ "$1" = "-c" ]; then echo "{import_error}" >&2; exit 1; fi\n' if import_error else ""
+    path.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> "$CALLS"\n{fail}')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("chosen", ["VLPROMPT_PYTHON", "PYTHON", "VIRTUAL_ENV", ".venv"])
+def test_scripts_find_python_in_the_documented_order(tmp_path, chosen):
+    root = fake_checkout(tmp_path)
+    calls = tmp_path / "calls"
+    env = {k: v for k, v in os.environ.items() if k not in ("VLPROMPT_PYTHON", "PYTHON", "VIRTUAL_ENV", "CONDA_PREFIX")}
+    env.update(DATA=str(tmp_path), CALLS=str(calls))
+    order = ["VLPROMPT_PYTHON", "PYTHON", "VIRTUAL_ENV", ".venv"]
+    for source in order[order.index(chosen):]:  # the chosen one and every one it must win over
+        if source == "VIRTUAL_ENV":
+            env["VIRTUAL_ENV"] = str(stub_python(tmp_path / "venv" / "bin" / "python", source).parent.parent)
+        elif source == ".venv":
+            stub_python(root / ".venv" / "bin" / "python", source)
+        else:
+            env[source] = str(stub_python(tmp_path / source.lower(), source))
+    result = subprocess.run(["bash", str(root / "scripts/coop/zeroshot.sh"), "oxford_pets", "rn50"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"{chosen} -c import vlprompt"  # checked once, before any run
+    assert len(lines) == 2 and lines[1].startswith(f"{chosen} train.py --root {tmp_path} ")
+
+
+def test_a_python_without_vlprompt_is_named_with_the_fix(tmp_path):
+    root = fake_checkout(tmp_path)
+    calls = tmp_path / "calls"
+    python = stub_python(tmp_path / "python3.11", "bare", import_error="ModuleNotFoundError: No module named 'torch'")
+    env = {**os.environ, "DATA": str(tmp_path), "CALLS": str(calls), "VLPROMPT_PYTHON": str(python)}
+    result = subprocess.run(["bash", str(root / "scripts/coop/main.sh"), "oxford_pets", "rn50", "end", "16", "1",
+                             "False"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    first, *fix = result.stderr.splitlines()
+    assert first == (f"error: {python} (from VLPROMPT_PYTHON) cannot import vlprompt: "
+                     "ModuleNotFoundError: No module named 'torch'")
+    assert "VLPROMPT_PYTHON=" in " ".join(fix) and "bash scripts/install.sh" in " ".join(fix)
+    assert calls.read_text().splitlines() == ["bare -c import vlprompt"]  # train.py never ran
+
+    env["VLPROMPT_PYTHON"] = str(tmp_path / "missing" / "python")
+    result = subprocess.run(["bash", str(root / "scripts/coop/zeroshot.sh"), "oxford_pets", "rn50"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: no Python at {tmp_path}/missing/python")
+
+
+def test_merge_script_resolves_the_run_folder_from_where_it_was_started(tmp_path):
+    root = fake_checkout(tmp_path)
+    calls = tmp_path / "calls"
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "DATA"}
+    env.update(CALLS=str(calls), VLPROMPT_PYTHON=str(stub_python(tmp_path / "py", "py")))
+    result = subprocess.run(["bash", str(root / "scripts/tpt/merge.sh"), "runs/r1"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr  # no DATA needed
+    run = tmp_path / "runs" / "r1"
+    assert calls.read_text().splitlines()[-1] == f"py -m vlprompt.tta.merge {run} --output-dir {run}/merged"

@@ -37,6 +37,7 @@ from vlprompt.clip_backbone import apply_precision, clip_input_resolution, load_
 from vlprompt.compat import DATASET_REGISTRY, TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.data import DataManager
+from vlprompt.engine.progress import track
 from vlprompt.prompt_trainer import load_prompt_state
 from vlprompt.prompts import CLASS_TOKEN_POSITIONS, PromptLearner
 from vlprompt.text_encoder import PromptTextEncoder
@@ -369,7 +370,7 @@ class TPT(TrainerX):
         batch_time, top1, top5 = _Meter("Time", "6.3f"), _Meter("Acc@1", "6.2f"), _Meter("Acc@5", "6.2f")
         digits = len(str(len(todo)))
         done, started, end = 0, time.time(), time.time()
-        for batch in loader:
+        for batch in track(loader, total=len(todo), desc=f"TPT {log.header['set']}"):
             if on_device:
                 views = device_views(maker, batch, self.device)
             else:

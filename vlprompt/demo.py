@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from vlprompt.resources import shipped_config
+
 BACKBONE = "micro-clip"
 SOURCE = "ToyWorld"
 SHIFTED = ("ToyWorldSketch", "ToyWorldR", "ToyWorldA")
@@ -52,11 +53,8 @@ TPT_OPTS = ["TRAINER.TPT.PREC", "fp32", "TRAINER.TPT.AUG", "crop", "TRAINER.TPT.
 
 
 def config_path(relative: str) -> str:
-    """A file under the repository's ``configs/`` (the demo runs from a checkout)."""
-    path = REPO_ROOT / "configs" / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the demo from a vlprompt checkout (configs/ is needed)")
-    return str(path)
+    """A shipped config file, ``configs/<relative>`` (found through the package: the demo runs anywhere)."""
+    return str(shipped_config(relative))
 
 
 def dataset_config(name: str) -> str:

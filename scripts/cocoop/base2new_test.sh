@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Base-to-novel, testing the base-trained model on the new classes: base2new_test.sh DATASET SEED [KEY VALUE ...]
 # LOADEP defaults to the config's last epoch (OPTIM.MAX_EPOCH), so CoOp configs need no hand edit.
+USAGE="DATASET SEED [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=${TRAINER:-CoCoOp}
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}

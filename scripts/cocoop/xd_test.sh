@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Cross-dataset / domain generalisation, testing the ImageNet-trained model on DATASET: xd_test.sh DATASET SEED [KEY VALUE ...]
+USAGE="DATASET SEED [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=${TRAINER:-CoCoOp}
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}

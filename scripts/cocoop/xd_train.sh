@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Cross-dataset / domain generalisation, training on ImageNet (16 shots): xd_train.sh SEED [KEY VALUE ...]
+USAGE="SEED [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=${TRAINER:-CoCoOp}
 CFG=${CFG:-vit_b16_c4_ep10_batch1_ctxv1}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Evaluate ImageNet-trained CoOp (16 shots, 16 ctx) on DATASET, seeds 1-3: eval.sh DATASET CFG [KEY VALUE ...]
 # The model is looked for under output/imagenet/CoOp/<CFG>_16shots/...; LOADEP (default 50) picks the epoch.
+USAGE="DATASET CFG [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=CoOp
 SHOTS=16

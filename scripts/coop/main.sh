@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # CoOp few-shot training, seeds 1-3: main.sh DATASET CFG CTP NCTX SHOTS CSC [KEY VALUE ...]
+USAGE="DATASET CFG CTP NCTX SHOTS CSC [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=CoOp
 DATASET=$1

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Zero-shot CLIP on DATASET with the backbone of a CoOp config: zeroshot.sh DATASET CFG [KEY VALUE ...]
+USAGE="DATASET CFG [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=ZeroshotCLIP
 DATASET=$1

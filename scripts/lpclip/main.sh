@@ -3,6 +3,7 @@
 # CFG names configs/trainers/LinearProbeCLIP/<CFG>.yaml (rn50 as CoOp's lpclip, or vit_b16). The few-shot
 # split is the one CoOp trains on for the same SHOTS and seed, so the two are compared on the same images.
 # All five shot counts: for SHOTS in 1 2 4 8 16; do bash scripts/lpclip/main.sh oxford_pets rn50 $SHOTS; done
+USAGE="DATASET CFG SHOTS [KEY VALUE ...]"
 source "$(dirname "$0")/../common.sh"
 TRAINER=LinearProbeCLIP
 DATASET=$1

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from vlprompt.engine import distributed
 from vlprompt.engine.checkpoint import atomic_save, load_checkpoint, read_checkpoint_pointer, save_checkpoint
 from vlprompt.engine.data import DataManager
 from vlprompt.engine.evaluation import build_evaluator
 from vlprompt.engine.logging import AverageMeter, MetricMeter, TensorboardWriter
+from vlprompt.engine.progress import track
 from vlprompt.engine.registry import TRAINER_REGISTRY
 from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
 
@@ -394,7 +394,7 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader, disable=not self.cfg.VERBOSE):
+        for batch in track(data_loader, desc=split, enabled=self.cfg.VERBOSE):
             inputs, labels = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(inputs), labels)
         results = self.evaluator.evaluate()
