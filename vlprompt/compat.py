@@ -33,8 +33,9 @@ ENGINE = selected_engine()
 
 # TrainerBase methods that replace Dassl's in plugin mode (see the module docstring).
 OWN_TRAINER_METHODS = (
-    "save_model", "resume_model_if_exist", "load_model", "_latest_checkpoint", "test",
-    "checkpoint_extras", "restore_checkpoint_extras",
+    "save_model", "resume_model_if_exist", "load_model", "_check_resume_settings", "test",
+    "checkpoint_extras", "restore_checkpoint_extras", "run_settings", "fingerprint_extras",
+    "interruption_hint",
 )
 
 if ENGINE == "dassl":

@@ -25,26 +25,31 @@ import tarfile
 import types
 import warnings
 from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 import torch
 
-from vlprompt.errors import UserError
+from vlprompt.errors import UserError, write_error
 
 __all__ = [
+    "RESUME_FILE",
     "TRUST_ENV_VAR",
     "CheckpointError",
     "NotACheckpointError",
     "PickledObject",
     "PickledOptimizer",
     "PickledScheduler",
+    "ResumePoint",
     "UnsafeCheckpointError",
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
     "check_weights_only_loadable",
+    "find_resume_point",
     "load_checkpoint",
     "read_checkpoint_pointer",
+    "remove_stale_temp_files",
     "resume_checkpoint_path",
     "save_checkpoint",
 ]
@@ -87,18 +92,44 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+class _RecordingWriter:
+    """Passes writes through to a file and remembers the first OSError: torch.save reports a failed
+    write as its own RuntimeError ("unexpected pos ..."), which would hide that the disk was full."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a temporary file beside ``path`` and rename it over ``path`` only once complete."""
+    """Run ``write`` on a temporary file beside ``path`` and rename it over ``path`` only once complete.
+
+    A failed write (disk full, I/O error) raises :class:`~vlprompt.errors.UserOSError` naming ``path``
+    and saying that the previous file is unchanged; the temporary file is removed.
+    """
     path = os.fspath(path)
     directory = osp.dirname(osp.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Hidden and uniquely named so globs like "model.pth.tar-*" never see it and parallel writers
-    # do not collide. os.open with 0o666 lets the umask set the mode, as a plain open() would.
+    # do not collide; the pid lets a resume tell a dead writer's leftovers from a live one's
+    # (stale_temp_files). os.open with 0o666 lets the umask set the mode, as a plain open() would.
     tmp_path = osp.join(directory, f".{osp.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    recorder = None
     try:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            recorder = _RecordingWriter(handle)
+            write(recorder)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
@@ -107,11 +138,9 @@ def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.remove(tmp_path)
         except OSError:
             pass
-        if isinstance(err, OSError):
-            reason = err.strerror or str(err)
-            raise OSError(
-                err.errno, f"could not write {path} ({reason}); any previous file there is unchanged", path
-            ) from err
+        cause = err if isinstance(err, OSError) else (recorder.error if recorder is not None else None)
+        if cause is not None and isinstance(err, Exception):
+            raise write_error(cause, path, "any previous file there is unchanged") from err
         if isinstance(err, Exception) and hasattr(err, "add_note"):  # Python >= 3.11
             err.add_note(f"while writing {path}; any previous file there is unchanged")
         raise
@@ -529,3 +558,106 @@ def resume_checkpoint_path(directory: str) -> str | None:
     if not epochs:
         return None
     return osp.join(directory, epochs[max(epochs)])
+
+
+# A resume point is written after every epoch that does not produce a regular checkpoint, so a killed
+# run loses at most the epoch in progress; the trainer removes it once training has finished.
+RESUME_FILE = "resume.pth.tar"
+# _atomic_write's temporary files: ".<final name>.<pid>.<8 hex>.tmp".
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete the temporary files of writers that died mid-write (their process is gone) in
+    ``directory``; a live process's files, mid-write, are left alone. Returns the removed paths."""
+    from vlprompt.engine.runlock import pid_alive
+
+    removed = []
+    if not osp.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        match = _TEMP_FILE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and pid_alive(pid):
+            continue
+        path = osp.join(directory, name)
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from, loaded (on the CPU), and why newer files were passed over."""
+
+    path: str
+    checkpoint: dict
+    passed_over: list[str] = field(default_factory=list)
+
+
+def _load_resumable(path: str) -> dict:
+    """``path`` loaded, or :class:`NotACheckpointError` when it is damaged or is no training checkpoint."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint or "state_dict" not in checkpoint:
+        raise NotACheckpointError(f'"{path}" has no "epoch" and "state_dict"; it is not a training checkpoint')
+    return checkpoint
+
+
+def find_resume_point(model_dir: str) -> tuple[ResumePoint | None, list[str]]:
+    """The newest complete checkpoint of one model folder, and the reasons newer files were not used.
+
+    Candidates are the file the ``checkpoint`` pointer names, the resume point and every
+    ``model.pth.tar-<epoch>``; the one with the highest epoch that loads wins. A pointer naming a
+    missing file, or a truncated or damaged newest file, falls back to the next complete one (the
+    reasons say which, for a warning). Returns ``(None, reasons)`` when none loads.
+    """
+    reasons: list[str] = []
+    if not osp.isdir(model_dir):
+        return None, reasons
+    found: list[tuple[int, str, dict]] = []
+
+    def attempt(path: str) -> int | None:
+        try:
+            checkpoint = _load_resumable(path)
+        except NotACheckpointError as err:
+            reasons.append(str(err))
+            return None
+        found.append((int(checkpoint["epoch"]), path, checkpoint))
+        return int(checkpoint["epoch"])
+
+    tried: set[str] = set()
+    pointed = read_checkpoint_pointer(model_dir)
+    if pointed:
+        path = osp.join(model_dir, pointed)
+        tried.add(path)
+        if osp.isfile(path):
+            attempt(path)
+        else:
+            reasons.append(f"{osp.join(model_dir, POINTER_FILE)} names {pointed}, which does not exist")
+    resume = osp.join(model_dir, RESUME_FILE)
+    if osp.isfile(resume) and resume not in tried:
+        tried.add(resume)
+        attempt(resume)
+    newest = max((epoch for epoch, _, _ in found), default=-1)
+    # Numbered files newer than what the pointer and resume point hold (a lost or stale pointer, or a
+    # damaged newest file): newest first, stopping at the first that loads.
+    numbered = sorted(
+        ((epoch, osp.join(model_dir, name)) for name in os.listdir(model_dir)
+         if (epoch := _epoch_of(name)) is not None and osp.isfile(osp.join(model_dir, name))),
+        reverse=True,
+    )
+    for epoch, path in numbered:
+        if epoch <= newest or path in tried:
+            continue
+        tried.add(path)
+        if attempt(path) is not None:
+            break
+    if not found:
+        return None, reasons
+    epoch, path, checkpoint = max(found, key=lambda item: item[0])
+    return ResumePoint(path, checkpoint, reasons), reasons
