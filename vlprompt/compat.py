@@ -17,6 +17,7 @@ import os
 from vlprompt.engine import config as _config
 from vlprompt.engine import trainer as _builtin_trainer
 from vlprompt.engine.data import DatasetBase, Datum
+from vlprompt.errors import UserValueError
 
 ENGINE_ENV = "VLPROMPT_ENGINE"
 
@@ -25,7 +26,7 @@ def selected_engine() -> str:
     """``"builtin"`` or ``"dassl"`` from ``VLPROMPT_ENGINE``; anything else is an error naming the value."""
     engine = os.environ.get(ENGINE_ENV, "builtin").strip().lower() or "builtin"
     if engine not in ("builtin", "dassl"):
-        raise ValueError(f'{ENGINE_ENV}="{engine}" is not an engine; use "builtin" (default) or "dassl"')
+        raise UserValueError(f'{ENGINE_ENV}="{engine}" is not an engine; use "builtin" (default) or "dassl"')
     return engine
 
 

@@ -94,8 +94,8 @@ def describe(err: BaseException) -> str:
         if err.errno == errno.ENOSPC:
             where = f" writing {err.filename}" if err.filename else ""
             return f"no space left on the device{where}: {err.strerror or err}; free some space and rerun"
-        if err.filename and err.strerror and err.strerror not in str(err.filename):
-            return f"{err.strerror}: {err.filename}"
+        if err.filename and err.strerror:
+            return err.strerror if str(err.filename) in err.strerror else f"{err.strerror}: {err.filename}"
     text = str(err).strip()
     notes = getattr(err, "__notes__", None) or []
     return "\n".join([text or type(err).__name__, *notes])

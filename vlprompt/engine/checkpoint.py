@@ -33,7 +33,9 @@ import torch
 from vlprompt.errors import UserError, write_error
 
 __all__ = [
+    "FINGERPRINT_KEY",
     "RESUME_FILE",
+    "SETTINGS_KEY",
     "TRUST_ENV_VAR",
     "CheckpointError",
     "NotACheckpointError",
@@ -41,6 +43,7 @@ __all__ = [
     "PickledOptimizer",
     "PickledScheduler",
     "ResumePoint",
+    "ResumeSearch",
     "UnsafeCheckpointError",
     "atomic_save",
     "atomic_write_bytes",
@@ -57,6 +60,10 @@ __all__ = [
 # Setting this to 1/true/yes lets load_checkpoint fall back to full pickle loading (arbitrary code).
 TRUST_ENV_VAR = "VLPROMPT_TRUST_CHECKPOINTS"
 POINTER_FILE = "checkpoint"
+# Extra top-level keys of the checkpoints we write (plain values; the original Dassl/CoOp code ignores
+# unknown keys): what the run that wrote the file was, so a resume with other settings is refused.
+FINGERPRINT_KEY = "run_fingerprint"
+SETTINGS_KEY = "run_settings"
 BEST_FILE = "model-best.pth.tar"
 EPOCH_FILE_PREFIX = "model.pth.tar-"
 
@@ -600,6 +607,16 @@ class ResumePoint:
     passed_over: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ResumeSearch:
+    """What :func:`find_resume_point` found in one model folder: the point to resume from (None when
+    no complete checkpoint is there), pointer targets that do not exist, and files that are damaged."""
+
+    point: ResumePoint | None
+    missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+
 def _load_resumable(path: str) -> dict:
     """``path`` loaded, or :class:`NotACheckpointError` when it is damaged or is no training checkpoint."""
     checkpoint = load_checkpoint(path, map_location="cpu")
@@ -608,27 +625,27 @@ def _load_resumable(path: str) -> dict:
     return checkpoint
 
 
-def find_resume_point(model_dir: str) -> tuple[ResumePoint | None, list[str]]:
-    """The newest complete checkpoint of one model folder, and the reasons newer files were not used.
+def find_resume_point(model_dir: str) -> ResumeSearch:
+    """The newest complete checkpoint of one model folder, and why newer files were not used.
 
     Candidates are the file the ``checkpoint`` pointer names, the resume point and every
     ``model.pth.tar-<epoch>``; the one with the highest epoch that loads wins. A pointer naming a
     missing file, or a truncated or damaged newest file, falls back to the next complete one (the
-    reasons say which, for a warning). Returns ``(None, reasons)`` when none loads.
+    messages in ``missing``/``damaged`` say which, for a warning).
     """
-    reasons: list[str] = []
+    search = ResumeSearch(None)
     if not osp.isdir(model_dir):
-        return None, reasons
+        return search
     found: list[tuple[int, str, dict]] = []
 
-    def attempt(path: str) -> int | None:
+    def attempt(path: str) -> bool:
         try:
             checkpoint = _load_resumable(path)
         except NotACheckpointError as err:
-            reasons.append(str(err))
-            return None
+            search.damaged.append(str(err))
+            return False
         found.append((int(checkpoint["epoch"]), path, checkpoint))
-        return int(checkpoint["epoch"])
+        return True
 
     tried: set[str] = set()
     pointed = read_checkpoint_pointer(model_dir)
@@ -638,7 +655,7 @@ def find_resume_point(model_dir: str) -> tuple[ResumePoint | None, list[str]]:
         if osp.isfile(path):
             attempt(path)
         else:
-            reasons.append(f"{osp.join(model_dir, POINTER_FILE)} names {pointed}, which does not exist")
+            search.missing.append(f"{osp.join(model_dir, POINTER_FILE)} names {pointed}, which does not exist")
     resume = osp.join(model_dir, RESUME_FILE)
     if osp.isfile(resume) and resume not in tried:
         tried.add(resume)
@@ -652,12 +669,11 @@ def find_resume_point(model_dir: str) -> tuple[ResumePoint | None, list[str]]:
         reverse=True,
     )
     for epoch, path in numbered:
-        if epoch <= newest or path in tried:
-            continue
-        tried.add(path)
-        if attempt(path) is not None:
-            break
-    if not found:
-        return None, reasons
-    epoch, path, checkpoint = max(found, key=lambda item: item[0])
-    return ResumePoint(path, checkpoint, reasons), reasons
+        if epoch > newest and path not in tried:
+            tried.add(path)
+            if attempt(path):
+                break
+    if found:
+        _, path, checkpoint = max(found, key=lambda item: item[0])
+        search.point = ResumePoint(path, checkpoint, search.missing + search.damaged)
+    return search

@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from vlprompt.engine import distributed
 from vlprompt.engine.checkpoint import (
+    FINGERPRINT_KEY,
     RESUME_FILE,
+    SETTINGS_KEY,
     atomic_save,
     find_resume_point,
     load_checkpoint,
@@ -51,10 +53,6 @@ __all__ = [
     "build_trainer",
 ]
 
-# Extra top-level checkpoint keys (plain values; the original Dassl/CoOp code ignores unknown keys):
-# what the run that wrote the file was, so a resume with other settings is refused.
-FINGERPRINT_KEY = "run_fingerprint"
-SETTINGS_KEY = "run_settings"
 log = logging.getLogger(__name__)
 
 
@@ -190,22 +188,22 @@ class TrainerBase:
         for name in names:
             # Temporary files of writers killed mid-write; a live process's are left alone.
             remove_stale_temp_files(osp.join(directory, name))
-        points, unusable = {}, []
+        points, missing, damaged = {}, [], []
         for name in names:
-            points[name], reasons = find_resume_point(osp.join(directory, name))
-            if points[name] is None:
-                unusable += reasons
-            else:
-                for reason in reasons:
-                    log.warning(f"{reason}; resuming from {points[name].path} instead")
-        damaged = [reason for reason in unusable if "does not exist" not in reason]
+            search = find_resume_point(osp.join(directory, name))
+            points[name] = search.point
+            if search.point is None:
+                missing += search.missing
+                damaged += search.damaged
+            for reason in search.point.passed_over if search.point else ():
+                log.warning(f"{reason}; resuming from {search.point.path} instead")
         if damaged:
             raise NoCompleteCheckpointError(
                 f"{directory} holds checkpoints but none is complete: {'; '.join(damaged)}. Delete the damaged "
                 "file(s) to train from scratch, or pass another --output-dir"
             )
         if not names or any(point is None for point in points.values()):
-            for reason in unusable:
+            for reason in missing:
                 log.warning(f"{reason}, and no other checkpoint is there")
             print("No checkpoint found, train from scratch")
             return 0

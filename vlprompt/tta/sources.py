@@ -20,8 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlprompt.engine.checkpoint import BEST_FILE, EPOCH_FILE_PREFIX, load_checkpoint, read_checkpoint_pointer
-from vlprompt.errors import UserError
+from vlprompt.engine.checkpoint import (
+    BEST_FILE,
+    EPOCH_FILE_PREFIX,
+    FINGERPRINT_KEY,
+    SETTINGS_KEY,
+    load_checkpoint,
+    read_checkpoint_pointer,
+)
+from vlprompt.errors import UserError, UserFileNotFoundError, UserValueError
 from vlprompt.prompts import PromptLearner
 
 # Buffers that belong to the class set a checkpoint was trained on; never part of a kind's signature.
@@ -111,7 +118,7 @@ class LearnedContext(ContextSource):
 
     def __init__(self, ctx: torch.Tensor, source: str, class_token_position: str = "end") -> None:
         if ctx.dim() not in (2, 3):
-            raise ValueError(f'"{source}": ctx has shape {tuple(ctx.shape)}; a CoOp context is (n_ctx, width) '
+            raise UserValueError(f'"{source}": ctx has shape {tuple(ctx.shape)}; a CoOp context is (n_ctx, width) '
                              "or (n_cls, n_ctx, width)")
         self.ctx = ctx.detach().float().cpu()
         self.source = source
@@ -124,12 +131,12 @@ class LearnedContext(ContextSource):
     def learner(self, classnames: Sequence[str], clip_model: nn.Module) -> PromptLearner:
         width = clip_model.ln_final.weight.shape[0]
         if self.ctx.shape[-1] != width:
-            raise ValueError(
+            raise UserValueError(
                 f'"{self.source}": context width {self.ctx.shape[-1]} does not match the CLIP text width {width}; '
                 "the checkpoint was trained with another backbone (set MODEL.BACKBONE.NAME to it)"
             )
         if self.csc and self.ctx.shape[0] != len(classnames):
-            raise ValueError(
+            raise UserValueError(
                 f'"{self.source}": a class-specific context for {self.ctx.shape[0]} classes cannot start TPT on a '
                 f"dataset with {len(classnames)} classes"
             )
@@ -194,7 +201,8 @@ def prompt_state(checkpoint: dict, source: str) -> OrderedDict:
 
 # Top-level entries every Dassl-format checkpoint has; any other entry (e.g. GenPT's ``genpt``) is part
 # of a kind's signature as ``checkpoint:<name>``.
-STANDARD_CHECKPOINT_KEYS = frozenset({"state_dict", "epoch", "optimizer", "scheduler", "val_result", "rng_state"})
+STANDARD_CHECKPOINT_KEYS = frozenset({"state_dict", "epoch", "optimizer", "scheduler", "val_result", "rng_state",
+                                      FINGERPRINT_KEY, SETTINGS_KEY})
 
 
 def checkpoint_signature(checkpoint: dict, state: dict) -> set[str]:
@@ -224,15 +232,15 @@ def resolve_checkpoint(path: str, epoch: int | None = None) -> str:
     path = osp.expanduser(path)
     if osp.isfile(path):
         if epoch is not None:
-            raise ValueError(f'"{path}" is a file; --load-epoch only applies to a model directory')
+            raise UserValueError(f'"{path}" is a file; --load-epoch only applies to a model directory')
         return path
     if not osp.isdir(path):
-        raise FileNotFoundError(f'TPT checkpoint "{path}" does not exist (give a checkpoint file or a model directory)')
+        raise UserFileNotFoundError(f'TPT checkpoint "{path}" does not exist (give a checkpoint file or a model directory)')
     folder = osp.join(path, PROMPT_LEARNER_DIR) if osp.isdir(osp.join(path, PROMPT_LEARNER_DIR)) else path
     if epoch is not None:
         candidate = osp.join(folder, f"{EPOCH_FILE_PREFIX}{epoch}")
         if not osp.isfile(candidate):
-            raise FileNotFoundError(f'Model not found at "{candidate}"')
+            raise UserFileNotFoundError(f'Model not found at "{candidate}"')
         return candidate
     if osp.isfile(osp.join(folder, BEST_FILE)):
         return osp.join(folder, BEST_FILE)
@@ -242,7 +250,7 @@ def resolve_checkpoint(path: str, epoch: int | None = None) -> str:
     epochs = [int(m.group(1)) for name in os.listdir(folder) if (m := re.fullmatch(r"model\.pth\.tar-(\d+)", name))]
     if epochs:
         return osp.join(folder, f"{EPOCH_FILE_PREFIX}{max(epochs)}")
-    raise FileNotFoundError(f'No checkpoint in "{folder}" (looked for {BEST_FILE}, the checkpoint pointer and '
+    raise UserFileNotFoundError(f'No checkpoint in "{folder}" (looked for {BEST_FILE}, the checkpoint pointer and '
                             f"{EPOCH_FILE_PREFIX}<epoch>)")
 
 
