@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, train_args
+from test_train_e2e import coop_args as e2e_coop_args
 
 from vlprompt.cli import main
 from vlprompt.engine import logging as engine_logging
@@ -34,16 +35,10 @@ from vlprompt.engine.trainer import NoCompleteCheckpointError, ResumeMismatchErr
 from vlprompt.errors import UserError, UserOSError
 from vlprompt.io import file_sha256
 
-FAST = ["DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "20"]
 
-
-def coop_args(root, out, backbone, *extra, epochs=2, seed="1", flags=()):
-    return train_args(
-        root, out, "CoOp", "trainers/CoOp/vit_b16.yaml", "--seed", seed, *flags,
-        "MODEL.BACKBONE.NAME", backbone, "OPTIM.MAX_EPOCH", str(epochs), "DATASET.NUM_SHOTS", "4",
-        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.PREC", "fp32",
-        "OPTIM.LR", "0.05", *FAST, *extra,
-    )
+def coop_args(root, out, backbone, *extra, epochs=2, **kwargs):
+    """test_train_e2e's tiny CoOp run, two epochs by default."""
+    return e2e_coop_args(root, out, backbone, *extra, epochs=epochs, **kwargs)
 
 
 def ctx_of(path) -> torch.Tensor:

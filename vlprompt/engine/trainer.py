@@ -3,7 +3,9 @@
 Class and method names follow Dassl 0.6.3 (``TrainerBase`` → ``SimpleTrainer`` → ``TrainerX``) so a
 plugin written for Dassl runs unchanged. What differs is underneath: checkpoints load safely and carry
 the random-number state, so a killed run resumes to the same result; a resume point is kept after
-every epoch; and ``--seed 0`` is a seed like any other.
+every epoch; checkpoints carry the run's fingerprint (the settings that change results), so a resume
+into a folder of another run is refused instead of silently continuing it; a missing or damaged newest
+checkpoint falls back to the previous complete one; and ``--seed 0`` is a seed like any other.
 """
 
 from __future__ import annotations
