@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from vlprompt.engine.runlock import pid_alive
 from vlprompt.errors import UserError, write_error
 
 __all__ = [
@@ -577,8 +578,6 @@ _TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 def remove_stale_temp_files(directory: str) -> list[str]:
     """Delete the temporary files of writers that died mid-write (their process is gone) in
     ``directory``; a live process's files, mid-write, are left alone. Returns the removed paths."""
-    from vlprompt.engine.runlock import pid_alive
-
     removed = []
     if not osp.isdir(directory):
         return removed
