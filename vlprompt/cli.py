@@ -14,7 +14,7 @@ import torch
 from vlprompt.engine import distributed
 from vlprompt.engine.config import extend_cfg, merge_from_file, merge_from_list
 from vlprompt.engine.data import report_skipped_images
-from vlprompt.engine.logging import setup_logger, sync_log, teardown_logger
+from vlprompt.engine.logging import setup_console_logging, setup_logger, sync_log, teardown_logger
 from vlprompt.engine.runlock import acquire_run_lock
 from vlprompt.engine.seeding import set_random_seed
 from vlprompt.errors import UserPermissionError, run_cli
@@ -157,6 +157,7 @@ def run(args: argparse.Namespace, on_trainer: Callable[[Any], None] | None = Non
     """
     from vlprompt.compat import build_trainer
 
+    setup_console_logging()  # warnings before the log file exists (a stale lock) print as "Warning: ..."
     cfg = setup_cfg(args)
     check_output_dir(cfg.OUTPUT_DIR)
     running_distributed = distributed.init_distributed(cfg.USE_CUDA)
