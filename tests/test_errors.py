@@ -4,12 +4,13 @@ for programming errors (and for everything with VLPROMPT_DEBUG=1)."""
 from __future__ import annotations
 
 import errno
+import itertools
 import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT, config_file
 
-from tests.conftest import REPO_ROOT, config_file
 from vlprompt.errors import UserError, UserKeyError, describe, run_cli
 
 
@@ -90,3 +91,50 @@ def test_library_log_records_reach_the_run_log(tmp_path):
     from pathlib import Path
 
     assert Path(path).read_text().splitlines() == ["Warning: class 3 has 2 images, 4 shots asked", "plain line"]
+
+
+def _train_py(*args: str, cwd, debug: bool = False) -> subprocess.Popen:
+    env = {"PATH": "/usr/bin:/bin", "VLPROMPT_OFFLINE": "1", "VLPROMPT_CLIP_DIR": str(cwd / "no_weights")}
+    if debug:
+        env["VLPROMPT_DEBUG"] = "1"
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+
+
+def test_user_errors_on_the_command_line_are_one_line_exit_2_without_traceback(pets_root, tiny_vit, tmp_path):
+    (tmp_path / "not_a_checkpoint.pth").write_text("these are not weights\n")
+    (tmp_path / "file").write_text("a file where a folder should be")
+    numbers = itertools.count()
+
+    def args(*extra: str, root: str = pets_root, out: str = "", trainer: str = "CoOp") -> list[str]:
+        out = out or str(tmp_path / f"out{next(numbers)}")  # the runs go concurrently: one folder each
+        return ["--root", root, "--trainer", trainer, "--dataset-config-file", config_file("datasets/oxford_pets.yaml"),
+                "--config-file", config_file("trainers/CoOp/vit_b16.yaml"), "--output-dir", out,
+                "DATALOADER.NUM_WORKERS", "0", "TRAINER.COOP.PREC", "fp32", *extra]
+
+    cases = {
+        "unknown trainer": (args("MODEL.BACKBONE.NAME", tiny_vit, trainer="CoOpp"),
+                            '"CoOpp" is not a registered trainer name. Did you mean "CoOp"?'),
+        "unknown key": (args("OPTIM.MAX_EPOCHS", "2"), "OPTIM.MAX_EPOCH"),
+        "missing weights": (args(), "ViT-B-16.pt"),
+        "missing root": (args("MODEL.BACKBONE.NAME", tiny_vit, root=str(tmp_path / "nowhere")),
+                         f'DATASET.ROOT "{tmp_path / "nowhere"}" does not exist'),
+        "non-checkpoint file": (args("MODEL.BACKBONE.NAME", tiny_vit, "MODEL.INIT_WEIGHTS",
+                                     str(tmp_path / "not_a_checkpoint.pth")), "is not a PyTorch checkpoint"),
+        "unwritable output dir": (args("MODEL.BACKBONE.NAME", tiny_vit, out=str(tmp_path / "file" / "out")),
+                                  "is not writable"),
+    }
+    procs = {name: _train_py(*argv, cwd=tmp_path) for name, (argv, _) in cases.items()}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 2, (name, err[-2000:])
+        assert len(lines) == 1 and "Traceback" not in err, (name, err[-2000:])
+        assert lines[0].startswith("train.py: error: ") and cases[name][1] in lines[0], (name, lines[0])
+
+
+def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
+    proc = _train_py("--root", str(tmp_path), "--trainer", "CoOpp", "--output-dir", str(tmp_path / "out"),
+                     cwd=tmp_path, debug=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" in err and "is not a registered trainer name" in err

@@ -24,6 +24,8 @@ COOP_FLAGS = {
     "--trainer": "", "--backbone": "", "--head": "", "--eval-only": False, "--model-dir": "",
     "--load-epoch": None, "--no-train": False,
 }
+# Flags vlprompt adds beside CoOp's; none changes what a CoOp command line means.
+VLPROMPT_FLAGS = {"--resume-anyway": False}
 
 
 def setup_kwargs(monkeypatch) -> dict:
@@ -67,8 +69,8 @@ def test_train_py_has_coops_flags_with_the_same_defaults():
 
     parser = build_parser()
     actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings and a.option_strings[0] != "-h"}
-    assert set(actions) == set(COOP_FLAGS)
-    for flag, default in COOP_FLAGS.items():
+    assert set(actions) == set(COOP_FLAGS) | set(VLPROMPT_FLAGS)
+    for flag, default in {**COOP_FLAGS, **VLPROMPT_FLAGS}.items():
         assert actions[flag].default == default, flag
     args = parser.parse_args(["--trainer", "CoOp", "TRAINER.COOP.N_CTX", "16", "DATASET.NUM_SHOTS", "1"])
     assert args.opts == ["TRAINER.COOP.N_CTX", "16", "DATASET.NUM_SHOTS", "1"]

@@ -32,8 +32,7 @@ def reached():
     seen[0] += 1
     return seen[0] == nth
 
-def die():
-    sys.stdout.flush()
+def die():  # no flush first: what reached log.txt is what a real kill leaves
     os.kill(os.getpid(), signal.SIGKILL)
 
 if point == "batch":
@@ -97,6 +96,8 @@ def test_killed_anywhere_then_rerun_ends_identical(pets_root, tiny_vit, tmp_path
                             text=True, timeout=300, cwd=REPO_ROOT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "run.json").exists()
+    if point == "batch":  # the log holds every line printed before the kill (it is line-buffered)
+        assert (tmp_path / "log.txt").read_text().splitlines()[-1].startswith("epoch [1/3] batch [5/5] ")
 
     resumed = main(args)  # the same command again: resumes from the output directory
     expected_results, expected_checkpoint = uninterrupted
@@ -154,3 +155,46 @@ def test_unknown_config_key_suggests_the_closest(pets_root, tiny_vit, tmp_path):
 
     with pytest.raises(ConfigError, match="OPTIM.MAX_EPOCH"):
         main(coop_run(pets_root, tmp_path, tiny_vit, "OPTIM.MAX_EPOCHS", "2"))
+
+
+# Sends Ctrl-C's SIGINT to its whole process group (DataLoader workers included) at the n-th training step.
+INTERRUPTER = r"""
+import os, signal, sys, time
+nth = int(sys.argv[1])
+sys.argv = ["train.py", *sys.argv[2:]]
+import vlprompt
+from vlprompt.cli import main
+from vlprompt.trainers.coop import CoOp
+
+seen = [0]
+step = CoOp.forward_backward
+def forward_backward(self, batch):
+    seen[0] += 1
+    if seen[0] == nth:
+        os.killpg(os.getpgid(0), signal.SIGINT)
+        time.sleep(5)  # the interrupt arrives during this step
+    return step(self, batch)
+CoOp.forward_backward = forward_backward
+main()
+"""
+
+
+def test_ctrl_c_with_loader_workers_is_one_line_exit_130_and_the_same_command_resumes(pets_root, tiny_vit,
+                                                                                      tmp_path):
+    args = coop_run(pets_root, tmp_path / "interrupted", tiny_vit, "DATALOADER.NUM_WORKERS", "2")
+    env = {key: value for key, value in os.environ.items() if key != "VLPROMPT_DEBUG"}
+    interrupted = subprocess.run([sys.executable, "-c", INTERRUPTER, "7", *args], capture_output=True, text=True,
+                                 timeout=300, cwd=REPO_ROOT, start_new_session=True, env=env)
+    assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    assert interrupted.stderr.splitlines() == [
+        ("train.py: interrupted; stopped in epoch 2/3, batch 2/5; run the same command again to resume from the "
+        "last finished epoch")]
+    assert not (tmp_path / "interrupted" / ".vlprompt.lock").exists()
+
+    resumed = main(args)
+    straight = main(coop_run(pets_root, tmp_path / "straight", tiny_vit, "DATALOADER.NUM_WORKERS", "2"))
+    assert resumed.start_epoch == 1
+    assert resumed.test_results == straight.test_results
+    assert torch.equal(load_checkpoint(str(tmp_path / "interrupted" / "prompt_learner" / "model.pth.tar-3"))[
+        "state_dict"]["ctx"], load_checkpoint(str(tmp_path / "straight" / "prompt_learner" / "model.pth.tar-3"))[
+        "state_dict"]["ctx"])

@@ -26,6 +26,7 @@ from vlprompt.compat import TRAINER_REGISTRY
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.distributed import unwrap_model
 from vlprompt.engine.metrics import compute_accuracy
+from vlprompt.errors import UserValueError
 from vlprompt.prompt_trainer import PROMPT_LEARNER, PromptLearningTrainer
 from vlprompt.prompts import build_text_classifier
 from vlprompt.templates import dataset_template, ensemble_templates
@@ -112,7 +113,7 @@ def hand_crafted_templates(genpt_cfg, dataset_name: str) -> list[str]:
     templates = list(genpt_cfg.TEMPLATES)
     bad = [t for t in templates if "{}" not in t]
     if not templates or bad:
-        raise ValueError(
+        raise UserValueError(
             "TRAINER.GENPT.TEMPLATE_SET custom needs TRAINER.GENPT.TEMPLATES, a list of strings each with "
             f'"{{}}" for the class name (got {templates!r})'
         )
@@ -161,13 +162,13 @@ class GenPT(PromptLearningTrainer):
         super().check_cfg(cfg)
         genpt = cfg.TRAINER.GENPT
         if genpt.TEMPLATE_SET not in TEMPLATE_SETS:
-            raise ValueError(f'TRAINER.GENPT.TEMPLATE_SET "{genpt.TEMPLATE_SET}" is not one of {TEMPLATE_SETS}')
+            raise UserValueError(f'TRAINER.GENPT.TEMPLATE_SET "{genpt.TEMPLATE_SET}" is not one of {TEMPLATE_SETS}')
         if genpt.AUG_MODE not in AUG_MODES:
-            raise ValueError(f'TRAINER.GENPT.AUG_MODE "{genpt.AUG_MODE}" is not one of {AUG_MODES}')
+            raise UserValueError(f'TRAINER.GENPT.AUG_MODE "{genpt.AUG_MODE}" is not one of {AUG_MODES}')
         if not 0.0 <= genpt.FUSION_ALPHA <= 1.0:
-            raise ValueError(f"TRAINER.GENPT.FUSION_ALPHA must be in [0, 1] (got {genpt.FUSION_ALPHA})")
+            raise UserValueError(f"TRAINER.GENPT.FUSION_ALPHA must be in [0, 1] (got {genpt.FUSION_ALPHA})")
         if genpt.MI_TAU <= 0 or genpt.AUG_ALPHA <= 0 or genpt.MEMORY_SIZE < 1:
-            raise ValueError("TRAINER.GENPT.MI_TAU and AUG_ALPHA must be > 0 and MEMORY_SIZE >= 1")
+            raise UserValueError("TRAINER.GENPT.MI_TAU and AUG_ALPHA must be > 0 and MEMORY_SIZE >= 1")
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         templates = hand_crafted_templates(self.method_cfg, self.cfg.DATASET.NAME)

@@ -27,6 +27,8 @@ from vlprompt.clip_backbone import apply_precision, load_clip
 from vlprompt.compat import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.data import build_data_loader
+from vlprompt.errors import UserValueError
+from vlprompt.prompt_trainer import clip_fingerprint_extras
 
 COARSE_SEARCH = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 HEAD = "linear_probe"
@@ -85,9 +87,9 @@ def search_regularization(train_x: np.ndarray, train_y: np.ndarray, val_x: np.nd
     from sklearn.linear_model import LogisticRegression
 
     if not search_list:
-        raise ValueError("TRAINER.LINEAR_PROBE.SEARCH_LIST is empty; give at least one value of C")
+        raise UserValueError("TRAINER.LINEAR_PROBE.SEARCH_LIST is empty; give at least one value of C")
     if num_step < 0:
-        raise ValueError(f"TRAINER.LINEAR_PROBE.NUM_STEP is {num_step}; use 0 or more rounds")
+        raise UserValueError(f"TRAINER.LINEAR_PROBE.NUM_STEP is {num_step}; use 0 or more rounds")
     fitted: dict[float, Any] = {}
     fits = 0
 
@@ -137,9 +139,12 @@ class LinearProbeCLIP(TrainerX):
     def check_cfg(self, cfg) -> None:
         lp = cfg.TRAINER.LINEAR_PROBE
         if not lp.SEARCH_LIST or any(float(c) <= 0 for c in lp.SEARCH_LIST):
-            raise ValueError(f"TRAINER.LINEAR_PROBE.SEARCH_LIST is {list(lp.SEARCH_LIST)}; give positive values of C")
+            raise UserValueError(f"TRAINER.LINEAR_PROBE.SEARCH_LIST is {list(lp.SEARCH_LIST)}; give positive values of C")
         if lp.NUM_STEP < 0:
-            raise ValueError(f"TRAINER.LINEAR_PROBE.NUM_STEP is {lp.NUM_STEP}; use 0 or more rounds")
+            raise UserValueError(f"TRAINER.LINEAR_PROBE.NUM_STEP is {lp.NUM_STEP}; use 0 or more rounds")
+
+    def fingerprint_extras(self) -> dict:
+        return clip_fingerprint_extras(self.cfg)
 
     def build_model(self) -> None:
         cfg = self.cfg
@@ -197,7 +202,7 @@ class LinearProbeCLIP(TrainerX):
         start = time.time()
         dataset = self.dm.dataset
         if not dataset.val:
-            raise ValueError(
+            raise UserValueError(
                 f"LinearProbeCLIP picks C on the validation split, and {cfg.DATASET.NAME} has none here; "
                 "use a dataset/split with a val set"
             )

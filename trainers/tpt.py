@@ -38,7 +38,8 @@ from vlprompt.compat import DATASET_REGISTRY, TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.data import DataManager
 from vlprompt.engine.progress import track
-from vlprompt.prompt_trainer import load_prompt_state
+from vlprompt.errors import UserKeyError, UserValueError
+from vlprompt.prompt_trainer import clip_fingerprint_extras, load_prompt_state
 from vlprompt.prompts import CLASS_TOKEN_POSITIONS, PromptLearner
 from vlprompt.text_encoder import PromptTextEncoder
 from vlprompt.trainers.cocoop import ConditionalPromptLearner
@@ -148,7 +149,7 @@ def resolve_set_name(name: str) -> str:
         return REFERENCE_SET_IDS[name]
     if len(name) > 1 and name.lower() in REFERENCE_SET_IDS:
         return REFERENCE_SET_IDS[name.lower()]
-    raise KeyError(f'TRAINER.TPT.TEST_SETS: "{name}" is neither a registered dataset nor a reference set id; '
+    raise UserKeyError(f'TRAINER.TPT.TEST_SETS: "{name}" is neither a registered dataset nor a reference set id; '
                    f"registered: {sorted(DATASET_REGISTRY.registered_names())}")
 
 
@@ -200,7 +201,7 @@ class TPT(TrainerX):
             problems.append(f'CLASS_TOKEN_POSITION is "{tpt.CLASS_TOKEN_POSITION}"; use one of '
                             f'{", ".join(CLASS_TOKEN_POSITIONS)}')
         if problems:
-            raise ValueError("TRAINER.TPT: " + "; ".join(problems))
+            raise UserValueError("TRAINER.TPT: " + "; ".join(problems))
         self.shard = shard_from_config(tpt.SHARD)
 
     # ------------------------------------------------------------------------------------------ data
@@ -208,7 +209,7 @@ class TPT(TrainerX):
         names = [n.strip() for n in self.method_cfg.TEST_SETS.replace(",", "/").split("/") if n.strip()]
         if not names:
             if not self.cfg.DATASET.NAME:
-                raise ValueError("TPT needs a dataset: pass --dataset-config-file or set TRAINER.TPT.TEST_SETS")
+                raise UserValueError("TPT needs a dataset: pass --dataset-config-file or set TRAINER.TPT.TEST_SETS")
             names = [self.cfg.DATASET.NAME]
         import vlprompt.datasets  # noqa: F401 - registers the bundled datasets before names are resolved
 
@@ -248,7 +249,7 @@ class TPT(TrainerX):
         clip_model.requires_grad_(False)
         resolution = clip_input_resolution(clip_model)
         if cfg.INPUT.SIZE[0] != resolution:
-            raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP backbone's input "
+            raise UserValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP backbone's input "
                              f"resolution {resolution}; set INPUT.SIZE ({resolution}, {resolution})")
         self.clip_model = clip_model
         self.image_encoder = clip_model.visual
@@ -280,7 +281,7 @@ class TPT(TrainerX):
             print("Note that load_model() is skipped as no pretrained model is given")
             return
         if self.method_cfg.LOAD:
-            raise ValueError(f'Both --model-dir "{directory}" and TRAINER.TPT.LOAD "{self.method_cfg.LOAD}" name a '
+            raise UserValueError(f'Both --model-dir "{directory}" and TRAINER.TPT.LOAD "{self.method_cfg.LOAD}" name a '
                              "checkpoint to start from; give one")
         self.set_context(context_from_checkpoint(directory, self.method_cfg, epoch=epoch))
 
@@ -347,6 +348,7 @@ class TPT(TrainerX):
         todo = [i for i in mine if i not in log.done]
         if log.done:
             print(f"Resuming: {len(mine) - len(todo):,} of {len(mine):,} images already done ({path})")
+        self._progress = (set_name, len(mine) - len(todo), len(mine))  # for interruption_hint
         self._tune_items(items, todo, maker, learner, tuner, log)
 
         mine_set = set(mine)
@@ -382,6 +384,8 @@ class TPT(TrainerX):
             logits = result.logits.cpu()
             rows = [prediction_row(i, y, l) for i, y, l in zip(batch["index"].tolist(), batch["label"].tolist(), logits)]
             log.append(rows)
+            set_name, logged, total = self._progress
+            self._progress = (set_name, logged + len(rows), total)
             elapsed = (time.time() - end) / len(rows)
             for row in rows:
                 batch_time.update(elapsed)
@@ -394,6 +398,22 @@ class TPT(TrainerX):
         print(f" *  Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
         seconds = time.time() - started
         print(f"TPT: {done:,} images in {seconds:.1f} s ({seconds / max(done, 1):.3f} s/image)")
+
+    def interruption_hint(self) -> str:
+        """Where a Ctrl-C stopped TPT: the image it was tuning and how many are logged (and kept)."""
+        progress = getattr(self, "_progress", None)
+        if progress is None:
+            return "stopped before the first test image; run the same command again to start"
+        set_name, logged, total = progress
+        where = f"at image {min(logged + 1, total)} of {total} of {set_name}"
+        if not self.cfg.OUTPUT_DIR:
+            return f"stopped {where}; without an output directory nothing was kept"
+        return (f"stopped {where} ({logged} predictions logged); run the same command again to continue from "
+                "there")
+
+    def fingerprint_extras(self) -> dict:
+        """The CLIP weights' hash and where each image's prompt starts (words, or a checkpoint's tensors)."""
+        return {**clip_fingerprint_extras(self.cfg), "tpt_init": self.context.fingerprint()}
 
     def _log_header(self, set_name: str, split: str, items, classnames, aug: str) -> dict:
         cfg, tpt = self.cfg, self.method_cfg
@@ -413,6 +433,7 @@ class TPT(TrainerX):
             "items_hash": digest.hexdigest()[:12], "num_classes": len(classnames), "classnames": list(classnames),
             "seed": self.seed, "settings": settings, "settings_detail": detail, "shard": shard_name(self.shard),
             "order": list(self.set_names).index(set_name),
+            "weights_sha256": clip_fingerprint_extras(cfg)["weights_sha256"],
         }
 
     def run_record_extra(self) -> dict:

@@ -6,6 +6,7 @@ import torch
 
 from vlprompt.clip_backbone import apply_precision, load_clip
 from vlprompt.compat import TRAINER_REGISTRY, TrainerX
+from vlprompt.prompt_trainer import clip_fingerprint_extras
 from vlprompt.prompts import build_text_classifier
 from vlprompt.templates import dataset_template, ensemble_templates
 
@@ -16,6 +17,9 @@ class ZeroshotCLIP(TrainerX):
 
     def templates(self) -> list[str]:
         return [dataset_template(self.cfg.DATASET.NAME)]
+
+    def fingerprint_extras(self) -> dict:
+        return clip_fingerprint_extras(self.cfg)
 
     def build_model(self) -> None:
         cfg = self.cfg

@@ -6,14 +6,16 @@ import argparse
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from vlprompt.engine import distributed
 from vlprompt.engine.config import extend_cfg, merge_from_file, merge_from_list
 from vlprompt.engine.data import report_skipped_images
-from vlprompt.engine.logging import setup_logger, teardown_logger
+from vlprompt.engine.logging import setup_console_logging, setup_logger, sync_log, teardown_logger
+from vlprompt.engine.runlock import acquire_run_lock
 from vlprompt.engine.seeding import set_random_seed
 from vlprompt.errors import UserPermissionError, run_cli
 from vlprompt.run_record import utc_now, write_run_record
@@ -38,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument(
+        "--resume-anyway", action="store_true",
+        help="resume the output directory's checkpoint even though it was trained with other settings "
+             "(recorded in run.json); without it such a resume is refused",
+    )
     parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line"
     )
@@ -142,27 +149,40 @@ def check_output_dir(path: str) -> None:
         ) from err
 
 
-def run(args: argparse.Namespace):
-    """Build the trainer for ``args`` and train or evaluate it; returns the trainer."""
+def run(args: argparse.Namespace, on_trainer: Callable[[Any], None] | None = None):
+    """Build the trainer for ``args`` and train or evaluate it; returns the trainer.
+
+    The output folder is locked for the run (one run per folder), and ``run.json`` is written last,
+    after the log is on disk, so a present record means every output is complete. ``on_trainer`` is
+    called with the trainer as soon as it exists (the command line asks it where a Ctrl-C stopped).
+    """
     from vlprompt.compat import build_trainer
 
+    setup_console_logging()  # warnings before the log file exists (a stale lock) print as "Warning: ..."
     cfg = setup_cfg(args)
     check_output_dir(cfg.OUTPUT_DIR)
     running_distributed = distributed.init_distributed(cfg.USE_CUDA)
-    if not distributed.is_main_process():
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints and logs
-    if cfg.SEED >= 0:
-        print(f"Setting fixed seed: {cfg.SEED}")
-        set_random_seed(cfg.SEED)
-    started = utc_now()
-    log_file = setup_logger(cfg.OUTPUT_DIR) if distributed.is_main_process() else None
+    lock = None
+    log_file = None
     try:
+        if cfg.OUTPUT_DIR and distributed.is_main_process():
+            lock = acquire_run_lock(cfg.OUTPUT_DIR)
+        if not distributed.is_main_process():
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints and logs
+        if cfg.SEED >= 0:
+            print(f"Setting fixed seed: {cfg.SEED}")
+            set_random_seed(cfg.SEED)
+        started = utc_now()
+        log_file = setup_logger(cfg.OUTPUT_DIR) if distributed.is_main_process() else None
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
         print_args(args, cfg)
         print("Collecting env info ...")
         print(f"** System info **\n{env_info()}\n")
         trainer = build_trainer(cfg)
+        trainer.resume_anyway = bool(getattr(args, "resume_anyway", False))
+        if on_trainer is not None:
+            on_trainer(trainer)
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test()
@@ -171,6 +191,7 @@ def run(args: argparse.Namespace):
         if getattr(trainer, "dm", None) is not None and distributed.is_main_process():
             report_skipped_images(trainer.dm)  # DATALOADER.SKIP_CORRUPT_IMAGES: the count, once, at the end
         if getattr(trainer, "test_results", None) is not None and cfg.OUTPUT_DIR and distributed.is_main_process():
+            sync_log()  # every printed line on disk before the record says the run is complete
             write_run_record(
                 cfg, trainer, eval_only=args.eval_only, model_dir=args.model_dir, load_epoch=args.load_epoch,
                 started=started, log_file=log_file,
@@ -178,6 +199,8 @@ def run(args: argparse.Namespace):
         return trainer
     finally:
         teardown_logger()
+        if lock is not None:
+            lock.release()
         if running_distributed:
             distributed.shutdown_distributed()
             if not distributed.is_main_process():
@@ -185,17 +208,35 @@ def run(args: argparse.Namespace):
                 sys.stdout = sys.__stdout__
 
 
-def main(argv: Sequence[str] | None = None):
-    """Entry point of ``train.py`` and the ``vlprompt-train`` command: a user's mistake prints one
-    message and exits 2, Ctrl-C one line and exits 130 (``VLPROMPT_DEBUG=1`` shows tracebacks)."""
+def command(argv: Sequence[str] | None = None, program: str = "train.py"):
+    """``main`` the command-line way: a user's mistake prints one message to stderr and exits 2;
+    Ctrl-C prints one line saying where the run stopped and that the same command resumes, and exits
+    130; programming errors keep their traceback (``VLPROMPT_DEBUG=1`` shows every traceback)."""
     args = build_parser().parse_args(argv)
+    built: dict[str, Any] = {}
 
     def resume_hint() -> str:
-        where = f" into {args.output_dir}" if args.output_dir else ""
-        return f"run the same command again to resume{where}" if not args.eval_only else "nothing was written"
+        trainer = built.get("trainer")
+        hint = getattr(trainer, "interruption_hint", None)
+        if callable(hint):
+            return hint()
+        return "stopped before training started; run the same command again to start"
 
-    return run_cli(lambda: run(args), program="train.py", resume_hint=resume_hint)
+    return run_cli(lambda: run(args, on_trainer=lambda trainer: built.update(trainer=trainer)),
+                   program=program, resume_hint=resume_hint)
+
+
+def main(argv: Sequence[str] | None = None):
+    """Entry point of ``train.py`` and the ``vlprompt-train`` command.
+
+    Without ``argv`` (a command line: the flags come from ``sys.argv``) errors are reported the
+    command-line way (:func:`command`); with an argument list (scripts, tests) it returns the trainer
+    and raises like any function.
+    """
+    if argv is None:
+        return command()
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -122,7 +122,7 @@ def run_train(argv: list[str]) -> int:
                   "(--help lists every flag)", file=sys.stderr)
             return 2
         resolved = run_cli(lambda: resolve_config_flags(argv), program=f"{PROG} train")
-        return exit_status(cli.main(resolved))
+        return exit_status(cli.command(resolved, program=f"{PROG} train"))
 
 
 def train_main() -> int:

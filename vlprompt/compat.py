@@ -17,6 +17,7 @@ import os
 from vlprompt.engine import config as _config
 from vlprompt.engine import trainer as _builtin_trainer
 from vlprompt.engine.data import DatasetBase, Datum
+from vlprompt.errors import UserValueError
 
 ENGINE_ENV = "VLPROMPT_ENGINE"
 
@@ -25,7 +26,7 @@ def selected_engine() -> str:
     """``"builtin"`` or ``"dassl"`` from ``VLPROMPT_ENGINE``; anything else is an error naming the value."""
     engine = os.environ.get(ENGINE_ENV, "builtin").strip().lower() or "builtin"
     if engine not in ("builtin", "dassl"):
-        raise ValueError(f'{ENGINE_ENV}="{engine}" is not an engine; use "builtin" (default) or "dassl"')
+        raise UserValueError(f'{ENGINE_ENV}="{engine}" is not an engine; use "builtin" (default) or "dassl"')
     return engine
 
 
@@ -33,8 +34,9 @@ ENGINE = selected_engine()
 
 # TrainerBase methods that replace Dassl's in plugin mode (see the module docstring).
 OWN_TRAINER_METHODS = (
-    "save_model", "resume_model_if_exist", "load_model", "_latest_checkpoint", "test",
-    "checkpoint_extras", "restore_checkpoint_extras",
+    "save_model", "resume_model_if_exist", "load_model", "_check_resume_settings", "test",
+    "checkpoint_extras", "restore_checkpoint_extras", "run_settings", "fingerprint_extras",
+    "interruption_hint",
 )
 
 if ENGINE == "dassl":

@@ -58,6 +58,26 @@ class UsageError(UserError):
     """A command used the wrong way (arguments, combinations of flags)."""
 
 
+class UserOSError(UserError, OSError):
+    """A file the run needs could not be read or written (disk full, no permission, I/O error); the
+    message names the file and says what is intact. ``errno`` and ``filename`` are kept for callers."""
+
+    def __str__(self) -> str:
+        return str(self.strerror if self.strerror is not None else super().__str__())
+
+
+def write_error(err: OSError, path: str | os.PathLike, intact: str) -> UserOSError:
+    """The one wording of a failed write: ``no space left writing PATH; INTACT`` (or the system's
+    reason for other errors), keeping ``err``'s errno so callers can still tell disk-full apart.
+    ``err`` may be an error this function made for an inner write: it is reworded, not nested."""
+    path = os.fspath(path)
+    reason = getattr(err, "reason", None) or err.strerror or str(err)
+    what = f"no space left writing {path}" if err.errno == errno.ENOSPC else f"could not write {path} ({reason})"
+    error = UserOSError(err.errno, f"{what}; {intact}" if intact else what, path)
+    error.reason = reason
+    return error
+
+
 def debug_requested() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
@@ -74,8 +94,8 @@ def describe(err: BaseException) -> str:
         if err.errno == errno.ENOSPC:
             where = f" writing {err.filename}" if err.filename else ""
             return f"no space left on the device{where}: {err.strerror or err}; free some space and rerun"
-        if err.filename and err.strerror and err.strerror not in str(err.filename):
-            return f"{err.strerror}: {err.filename}"
+        if err.filename and err.strerror:
+            return err.strerror if str(err.filename) in err.strerror else f"{err.strerror}: {err.filename}"
     text = str(err).strip()
     notes = getattr(err, "__notes__", None) or []
     return "\n".join([text or type(err).__name__, *notes])

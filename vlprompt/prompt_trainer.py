@@ -11,11 +11,12 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from vlprompt.clip_backbone import apply_precision, clip_input_resolution, load_clip
+from vlprompt.clip_backbone import apply_precision, clip_input_resolution, load_clip, resolve_clip_weights
 from vlprompt.compat import TrainerX
 from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
-from vlprompt.errors import UserError
+from vlprompt.errors import UserError, UserFileNotFoundError, UserValueError
+from vlprompt.io import file_sha256
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 # Buffers that CoOp-family checkpoints carry but that belong to the class set they were trained on:
@@ -26,6 +27,16 @@ PROMPT_LEARNER = "prompt_learner"
 
 class CheckpointMismatchError(UserError, ValueError):
     """A prompt checkpoint does not fit the model built from the current config."""
+
+
+def clip_fingerprint_extras(cfg) -> dict:
+    """What a CLIP-based run's config cannot say about its results: the SHA-256 of the weights file
+    ``MODEL.BACKBONE.NAME`` resolves to (the same name can mean other weights elsewhere), and of
+    ``MODEL.INIT_WEIGHTS`` when set. For ``fingerprint_extras``; hashes are cached per file."""
+    extras = {"weights_sha256": file_sha256(resolve_clip_weights(cfg.MODEL.BACKBONE.NAME))}
+    if cfg.MODEL.INIT_WEIGHTS and osp.isfile(cfg.MODEL.INIT_WEIGHTS):
+        extras["init_weights_sha256"] = file_sha256(cfg.MODEL.INIT_WEIGHTS)
+    return extras
 
 
 def describe_mismatch(key: str, saved: tuple, expected: tuple, learner: nn.Module) -> str:
@@ -98,7 +109,10 @@ class PromptLearningTrainer(TrainerX):
     def check_cfg(self, cfg) -> None:
         prec = cfg.TRAINER[self.cfg_node].PREC
         if prec not in PRECISIONS:
-            raise ValueError(f'TRAINER.{self.cfg_node}.PREC "{prec}" is not one of {", ".join(PRECISIONS)}')
+            raise UserValueError(f'TRAINER.{self.cfg_node}.PREC "{prec}" is not one of {", ".join(PRECISIONS)}')
+
+    def fingerprint_extras(self) -> dict:
+        return clip_fingerprint_extras(self.cfg)
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         """The method's model; it must have a ``prompt_learner`` attribute."""
@@ -111,7 +125,7 @@ class PromptLearningTrainer(TrainerX):
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, device=self.device)
         resolution = clip_input_resolution(clip_model)
         if cfg.INPUT.SIZE[0] != resolution:
-            raise ValueError(
+            raise UserValueError(
                 f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP backbone's input resolution "
                 f"{resolution}; set INPUT.SIZE ({resolution}, {resolution})"
             )
@@ -168,7 +182,7 @@ class PromptLearningTrainer(TrainerX):
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise UserFileNotFoundError(f'Model not found at "{model_path}"')
             checkpoint = load_checkpoint(model_path, map_location=self.device)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             load_prompt_state(self._models[name], checkpoint["state_dict"], model_path)

@@ -1,7 +1,9 @@
 """``run.json``: what a run was (method, data, protocol, seed, code) and what it scored.
 
-Written atomically next to ``log.txt`` when a run finishes, so a table never has to guess a run's
-protocol from its folder name, and a present ``run.json`` means the run is complete.
+Written atomically next to ``log.txt`` when a run finishes, after every other output (the log
+included) is on disk, so a table never has to guess a run's protocol from its folder name, and a
+present ``run.json`` means the run is complete. ``fingerprint`` is the hash of the settings that change
+results (the one its checkpoints carry); ``resumed_anyway`` records a resume with other settings.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from vlprompt.clip_backbone import loaded_weights
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.config import config_hash
+from vlprompt.engine.fingerprint import fingerprint, result_settings
 
 RUN_RECORD = "run.json"
 # 2: adds ``config`` (the full config), ``source_trainer`` and ``source_shots``.
@@ -132,6 +135,12 @@ def weights_record(backbone: str) -> dict | None:
     return info.as_record() if info is not None else None
 
 
+def run_settings(cfg, trainer) -> dict:
+    """The trainer's result-changing settings (with its extras, e.g. the weights' hash), else the config's."""
+    settings = getattr(trainer, "run_settings", None)
+    return settings() if callable(settings) else result_settings(cfg)
+
+
 def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoch: int | None,
                      started: str, log_file: str | None) -> Path:
     """Write ``OUTPUT_DIR/run.json`` for a finished run (atomically) and return its path."""
@@ -152,6 +161,8 @@ def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoc
         "engine": ENGINE,
         "weights": weights_record(cfg.MODEL.BACKBONE.NAME),
         "config_file_hash": config_hash(cfg),
+        "fingerprint": fingerprint(run_settings(cfg, trainer)),
+        "resumed_anyway": getattr(trainer, "resumed_anyway", None),
         "split_hash": split_hash(trainer.dm.dataset, cfg.DATASET.ROOT) if hasattr(trainer, "dm") else None,
         "num_classes": getattr(trainer, "num_classes", None),
         "eval_only": eval_only,

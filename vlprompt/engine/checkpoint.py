@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import os.path as osp
+import re
 import secrets
 from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 import torch
 
+from vlprompt.engine.runlock import pid_alive
+from vlprompt.errors import write_error
 from vlprompt.io import (
     TRUST_ENV_VAR,
     CheckpointError,
@@ -32,24 +36,35 @@ from vlprompt.io import (
 )
 
 __all__ = [
+    "FINGERPRINT_KEY",
+    "RESUME_FILE",
+    "SETTINGS_KEY",
     "TRUST_ENV_VAR",
     "CheckpointError",
     "NotACheckpointError",
     "PickledObject",
     "PickledOptimizer",
     "PickledScheduler",
+    "ResumePoint",
+    "ResumeSearch",
     "UnsafeCheckpointError",
     "atomic_save",
     "atomic_write_bytes",
     "atomic_write_text",
     "check_weights_only_loadable",
+    "find_resume_point",
     "load_checkpoint",
     "read_checkpoint_pointer",
+    "remove_stale_temp_files",
     "resume_checkpoint_path",
     "save_checkpoint",
 ]
 
 POINTER_FILE = "checkpoint"
+# Extra top-level keys of the checkpoints we write (plain values; the original Dassl/CoOp code ignores
+# unknown keys): what the run that wrote the file was, so a resume with other settings is refused.
+FINGERPRINT_KEY = "run_fingerprint"
+SETTINGS_KEY = "run_settings"
 BEST_FILE = "model-best.pth.tar"
 EPOCH_FILE_PREFIX = "model.pth.tar-"
 
@@ -69,18 +84,44 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+class _RecordingWriter:
+    """Passes writes through to a file and remembers the first OSError: torch.save reports a failed
+    write as its own RuntimeError ("unexpected pos ..."), which would hide that the disk was full."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a temporary file beside ``path`` and rename it over ``path`` only once complete."""
+    """Run ``write`` on a temporary file beside ``path`` and rename it over ``path`` only once complete.
+
+    A failed write (disk full, I/O error) raises :class:`~vlprompt.errors.UserOSError` naming ``path``
+    and saying that the previous file is unchanged; the temporary file is removed.
+    """
     path = os.fspath(path)
     directory = osp.dirname(osp.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # Hidden and uniquely named so globs like "model.pth.tar-*" never see it and parallel writers
-    # do not collide. os.open with 0o666 lets the umask set the mode, as a plain open() would.
+    # do not collide; the pid lets a resume tell a dead writer's leftovers from a live one's
+    # (stale_temp_files). os.open with 0o666 lets the umask set the mode, as a plain open() would.
     tmp_path = osp.join(directory, f".{osp.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    recorder = None
     try:
         fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            recorder = _RecordingWriter(handle)
+            write(recorder)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
@@ -89,11 +130,9 @@ def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.remove(tmp_path)
         except OSError:
             pass
-        if isinstance(err, OSError):
-            reason = err.strerror or str(err)
-            raise OSError(
-                err.errno, f"could not write {path} ({reason}); any previous file there is unchanged", path
-            ) from err
+        cause = err if isinstance(err, OSError) else (recorder.error if recorder is not None else None)
+        if cause is not None and isinstance(err, Exception):
+            raise write_error(cause, path, "any previous file there is unchanged") from err
         if isinstance(err, Exception) and hasattr(err, "add_note"):  # Python >= 3.11
             err.add_note(f"while writing {path}; any previous file there is unchanged")
         raise
@@ -364,3 +403,113 @@ def resume_checkpoint_path(directory: str) -> str | None:
     if not epochs:
         return None
     return osp.join(directory, epochs[max(epochs)])
+
+
+# A resume point is written after every epoch that does not produce a regular checkpoint, so a killed
+# run loses at most the epoch in progress; the trainer removes it once training has finished.
+RESUME_FILE = "resume.pth.tar"
+# _atomic_write's temporary files: ".<final name>.<pid>.<8 hex>.tmp".
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete the temporary files of writers that died mid-write (their process is gone) in
+    ``directory``; a live process's files, mid-write, are left alone. Returns the removed paths."""
+    removed = []
+    if not osp.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        match = _TEMP_FILE.match(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and pid_alive(pid):
+            continue
+        path = osp.join(directory, name)
+        try:
+            os.remove(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from, loaded (on the CPU), and why newer files were passed over."""
+
+    path: str
+    checkpoint: dict
+    passed_over: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ResumeSearch:
+    """What :func:`find_resume_point` found in one model folder: the point to resume from (None when
+    no complete checkpoint is there), pointer targets that do not exist, and files that are damaged."""
+
+    point: ResumePoint | None
+    missing: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+
+def _load_resumable(path: str) -> dict:
+    """``path`` loaded, or :class:`NotACheckpointError` when it is damaged or is no training checkpoint."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint or "state_dict" not in checkpoint:
+        raise NotACheckpointError(f'"{path}" has no "epoch" and "state_dict"; it is not a training checkpoint')
+    return checkpoint
+
+
+def find_resume_point(model_dir: str) -> ResumeSearch:
+    """The newest complete checkpoint of one model folder, and why newer files were not used.
+
+    Candidates are the file the ``checkpoint`` pointer names, the resume point and every
+    ``model.pth.tar-<epoch>``; the one with the highest epoch that loads wins. A pointer naming a
+    missing file, or a truncated or damaged newest file, falls back to the next complete one (the
+    messages in ``missing``/``damaged`` say which, for a warning).
+    """
+    search = ResumeSearch(None)
+    if not osp.isdir(model_dir):
+        return search
+    found: list[tuple[int, str, dict]] = []
+
+    def attempt(path: str) -> bool:
+        try:
+            checkpoint = _load_resumable(path)
+        except NotACheckpointError as err:
+            search.damaged.append(str(err))
+            return False
+        found.append((int(checkpoint["epoch"]), path, checkpoint))
+        return True
+
+    tried: set[str] = set()
+    pointed = read_checkpoint_pointer(model_dir)
+    if pointed:
+        path = osp.join(model_dir, pointed)
+        tried.add(path)
+        if osp.isfile(path):
+            attempt(path)
+        else:
+            search.missing.append(f"{osp.join(model_dir, POINTER_FILE)} names {pointed}, which does not exist")
+    resume = osp.join(model_dir, RESUME_FILE)
+    if osp.isfile(resume) and resume not in tried:
+        tried.add(resume)
+        attempt(resume)
+    newest = max((epoch for epoch, _, _ in found), default=-1)
+    # Numbered files newer than what the pointer and resume point hold (a lost or stale pointer, or a
+    # damaged newest file): newest first, stopping at the first that loads.
+    numbered = sorted(
+        ((epoch, osp.join(model_dir, name)) for name in os.listdir(model_dir)
+         if (epoch := _epoch_of(name)) is not None and osp.isfile(osp.join(model_dir, name))),
+        reverse=True,
+    )
+    for epoch, path in numbered:
+        if epoch > newest and path not in tried:
+            tried.add(path)
+            if attempt(path):
+                break
+    if found:
+        _, path, checkpoint = max(found, key=lambda item: item[0])
+        search.point = ResumePoint(path, checkpoint, search.missing + search.damaged)
+    return search

@@ -7,29 +7,62 @@ import os
 import sys
 import time
 from collections import defaultdict
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import torch
 
+from vlprompt.errors import write_error
+
+# What a failed log write leaves intact (the log is line-buffered, so every line printed before it).
+LOG_WRITE_INTACT = ("the lines printed before are in it and the checkpoints saved so far are intact; free some "
+                    "space and run the same command again to resume")
+
 
 class _Tee:
-    """Writes everything printed to the console and to a log file (stdout only, as Dassl)."""
+    """Writes everything printed to the console and to a log file (stdout only, as Dassl).
+
+    The file is line-buffered, so a killed run's log holds every line printed so far. A failed write
+    (disk full) raises once, naming the file; later lines still reach the console.
+    """
 
     def __init__(self, console: TextIO, path: str) -> None:
         self.console = console
         self.path = path
-        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        self.failed: OSError | None = None
+        self.file = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the run
+
+    def _fail(self, err: OSError) -> NoReturn:
+        self.failed = write_error(err, self.path, LOG_WRITE_INTACT)
+        raise self.failed from err
 
     def write(self, msg: str) -> int:
         self.console.write(msg)
-        if not self.file.closed:
-            self.file.write(msg)
+        if self.failed is None and not self.file.closed:
+            try:
+                self.file.write(msg)
+            except OSError as err:
+                self._fail(err)
         return len(msg)
 
     def flush(self) -> None:
         self.console.flush()
-        if not self.file.closed:
+        if self.failed is None and not self.file.closed:
+            try:
+                self.file.flush()
+            except OSError as err:
+                self._fail(err)
+
+    def sync(self) -> None:
+        """Flush the log and fsync it; raises the write error if any line could not be written."""
+        if self.failed is not None:
+            raise self.failed
+        if self.file.closed:
+            return
+        try:
             self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as err:
+            self._fail(err)
 
     def isatty(self) -> bool:
         return False
@@ -39,7 +72,10 @@ class _Tee:
 
     def close(self) -> None:
         if not self.file.closed:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass  # a failed final flush: sync() is what reports it, before the run is marked complete
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -101,13 +137,23 @@ def setup_logger(output: str | None) -> str | None:
     return path
 
 
+def sync_log() -> None:
+    """Make every line printed so far durable in the run's log file (flush and fsync), or raise
+    :class:`~vlprompt.errors.UserOSError` naming it; called before a run is recorded as complete."""
+    if isinstance(sys.stdout, _Tee):
+        sys.stdout.sync()
+
+
 def teardown_logger() -> None:
     """Close the log file and give ``sys.stdout`` back to the console (lets one process run many jobs)."""
     if isinstance(sys.stdout, _Tee):
         tee = sys.stdout
-        tee.flush()
-        tee.close()
         sys.stdout = tee.console
+        try:
+            tee.flush()
+        except OSError:
+            pass  # already reported (or, on an error path, secondary to the error being reported)
+        tee.close()
 
 
 class AverageMeter:

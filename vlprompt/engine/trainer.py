@@ -3,13 +3,15 @@
 Class and method names follow Dassl 0.6.3 (``TrainerBase`` → ``SimpleTrainer`` → ``TrainerX``) so a
 plugin written for Dassl runs unchanged. What differs is underneath: checkpoints load safely and carry
 the random-number state, so a killed run resumes to the same result; a resume point is kept after
-every epoch; and ``--seed 0`` is a seed like any other.
+every epoch; checkpoints carry the run's fingerprint (the settings that change results), so a resume
+into a folder of another run is refused instead of silently continuing it; a missing or damaged newest
+checkpoint falls back to the previous complete one; and ``--seed 0`` is a seed like any other.
 """
 
 from __future__ import annotations
 
 import datetime
-import glob
+import logging
 import os
 import os.path as osp
 import time
@@ -21,17 +23,51 @@ import torch
 from torch import nn
 
 from vlprompt.engine import distributed
-from vlprompt.engine.checkpoint import atomic_save, load_checkpoint, read_checkpoint_pointer, save_checkpoint
+from vlprompt.engine.checkpoint import (
+    FINGERPRINT_KEY,
+    RESUME_FILE,
+    SETTINGS_KEY,
+    atomic_save,
+    find_resume_point,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from vlprompt.engine.data import DataManager
 from vlprompt.engine.evaluation import build_evaluator
+from vlprompt.engine.fingerprint import describe_differences, differing_keys, fingerprint, result_settings
 from vlprompt.engine.logging import AverageMeter, MetricMeter, TensorboardWriter
 from vlprompt.engine.progress import track
 from vlprompt.engine.registry import TRAINER_REGISTRY
 from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
+from vlprompt.errors import UserError, UserFileNotFoundError, write_error
 
-# Written after every epoch that does not produce a regular checkpoint, so a killed run loses at most
-# the epoch in progress; removed once the run has finished training.
-RESUME_FILE = "resume.pth.tar"
+__all__ = [
+    "FINGERPRINT_KEY",
+    "RESUME_FILE",
+    "SETTINGS_KEY",
+    "NoCompleteCheckpointError",
+    "NonFiniteLossError",
+    "ResumeMismatchError",
+    "SimpleTrainer",
+    "TrainerBase",
+    "TrainerX",
+    "build_trainer",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ResumeMismatchError(UserError, ValueError):
+    """The output folder holds a checkpoint of a run with other result-changing settings."""
+
+
+class NoCompleteCheckpointError(UserError, RuntimeError):
+    """Checkpoints are there but none is complete, so resuming would silently start over."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss became NaN or infinite; the message says where and what to resume from."""
 
 
 def resolve_device(cfg) -> torch.device:
@@ -82,10 +118,12 @@ class TrainerBase:
         self, epoch: int, directory: str, is_best: bool = False, val_result: float | None = None,
         model_name: str = "",
     ) -> None:
-        """One Dassl-format checkpoint per registered model, plus the RNG state for an exact resume."""
+        """One Dassl-format checkpoint per registered model, plus the RNG state for an exact resume and
+        the run's fingerprint (what it is, so a resume with other settings is refused)."""
         if not distributed.is_main_process():
             return
         rng_state = capture_rng_state()
+        settings = self.run_settings()
         for name in self.get_model_names():
             optim = self._optims[name]
             sched = self._scheds[name]
@@ -96,17 +134,41 @@ class TrainerBase:
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
                 "rng_state": rng_state,
+                FINGERPRINT_KEY: fingerprint(settings),
+                SETTINGS_KEY: settings,
                 **self.checkpoint_extras(name),
             }
-            if model_name == RESUME_FILE:
-                # A resume point is not a result: no message, and the `checkpoint` pointer is left alone.
-                os.makedirs(osp.join(directory, name), exist_ok=True)
-                self.last_checkpoint = osp.join(directory, name, RESUME_FILE)
-                atomic_save(state, self.last_checkpoint)
-            else:
-                self.last_checkpoint = save_checkpoint(
-                    state, osp.join(directory, name), is_best=is_best, model_name=model_name
-                )
+            previous = getattr(self, "last_checkpoint", None)
+            try:
+                if model_name == RESUME_FILE:
+                    # A resume point is not a result: no message, and the `checkpoint` pointer is left alone.
+                    path = osp.join(directory, name, RESUME_FILE)
+                    os.makedirs(osp.dirname(path), exist_ok=True)
+                    atomic_save(state, path)
+                    self.last_checkpoint = path
+                else:
+                    self.last_checkpoint = save_checkpoint(
+                        state, osp.join(directory, name), is_best=is_best, model_name=model_name
+                    )
+            except OSError as err:
+                intact = (f"the previous checkpoint {previous} is intact" if previous else
+                          "no checkpoint of this run had been saved yet")
+                raise write_error(err, err.filename or osp.join(directory, name), intact + (
+                    "; free some space and run the same command again to resume")) from err
+
+    def run_settings(self) -> dict:
+        """The settings that change this run's results (``result_settings`` of the config plus
+        :meth:`fingerprint_extras`); stored in checkpoints and compared on resume. Computed once."""
+        settings = self.__dict__.get("_run_settings")
+        if settings is None:
+            settings = result_settings(self.cfg, self.fingerprint_extras()) if hasattr(self, "cfg") else {}
+            self._run_settings = settings
+        return settings
+
+    def fingerprint_extras(self) -> dict:
+        """Result-changing facts the config cannot state (e.g. the hash of the weights file a backbone
+        name resolves to); trainers that load models add them here. Plain values only."""
+        return {}
 
     def checkpoint_extras(self, name: str) -> dict:
         """Extra top-level checkpoint entries of model ``name`` (method state beyond its weights, such
@@ -116,38 +178,43 @@ class TrainerBase:
     def restore_checkpoint_extras(self, name: str, checkpoint: dict) -> None:
         """Inverse of :meth:`checkpoint_extras`, called when a run resumes."""
 
-    def _latest_checkpoint(self, directory: str, name: str) -> str | None:
-        """The newest resumable file of model ``name``: the pointed-to checkpoint or the resume point."""
-        model_dir = osp.join(directory, name)
-        candidates = []
-        pointed = read_checkpoint_pointer(model_dir)
-        if pointed:
-            candidates.append(osp.join(model_dir, pointed))
-        candidates.append(osp.join(model_dir, RESUME_FILE))
-        best_path, best_epoch = None, -1
-        for path in candidates:
-            if osp.isfile(path):
-                epoch = load_checkpoint(path)["epoch"]
-                if epoch > best_epoch:
-                    best_path, best_epoch = path, epoch
-        return best_path
-
     def resume_model_if_exist(self, directory: str) -> int:
-        """Restore models, optimisers, schedulers and RNG from ``directory``; returns the start epoch."""
+        """Restore models, optimisers, schedulers and RNG from ``directory``; returns the start epoch.
+
+        Each model resumes from its newest complete checkpoint (a pointer to a missing or damaged file
+        falls back, with a warning); a checkpoint of a run with other result-changing settings is
+        refused unless ``resume_anyway`` is set (``--resume-anyway``), which run.json then records.
+        """
+        self._phase = "train"
         names = self.get_model_names()
         for name in names:
-            # Temporary files of a writer that was killed mid-write; the complete files are untouched.
-            for stale in glob.glob(osp.join(directory, name, ".*.tmp")):
-                os.remove(stale)
-        paths = {name: self._latest_checkpoint(directory, name) for name in names}
-        if not names or any(path is None for path in paths.values()):
+            # Temporary files of writers killed mid-write; a live process's are left alone.
+            remove_stale_temp_files(osp.join(directory, name))
+        points, missing, damaged = {}, [], []
+        for name in names:
+            search = find_resume_point(osp.join(directory, name))
+            points[name] = search.point
+            if search.point is None:
+                missing += search.missing
+                damaged += search.damaged
+            for reason in search.point.passed_over if search.point else ():
+                log.warning(f"{reason}; resuming from {search.point.path} instead")
+        if damaged:
+            raise NoCompleteCheckpointError(
+                f"{directory} holds checkpoints but none is complete: {'; '.join(damaged)}. Delete the damaged "
+                "file(s) to train from scratch, or pass another --output-dir"
+            )
+        if not names or any(point is None for point in points.values()):
+            for reason in missing:
+                log.warning(f"{reason}, and no other checkpoint is there")
             print("No checkpoint found, train from scratch")
             return 0
+        self._check_resume_settings(directory, points)
         print(f"Found checkpoint at {directory} (will resume training)")
         start_epoch = 0
         rng_state = None
         for name in names:
-            checkpoint = load_checkpoint(paths[name], map_location=self.device)
+            checkpoint = points[name].checkpoint
             self._models[name].load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
             print("Loaded model weights")
             if self._optims[name] is not None and checkpoint.get("optimizer"):
@@ -160,9 +227,36 @@ class TrainerBase:
             start_epoch = checkpoint["epoch"]
             rng_state = checkpoint.get("rng_state", rng_state)
             print(f"Previous epoch: {start_epoch}")
+            self.last_checkpoint = points[name].path
         if rng_state is not None:
             restore_rng_state(rng_state)
         return start_epoch
+
+    def _check_resume_settings(self, directory: str, points: dict) -> None:
+        """Refuse (or, with ``resume_anyway``, record) checkpoints of a run with other settings."""
+        current = self.run_settings()
+        for point in points.values():
+            saved = point.checkpoint.get(SETTINGS_KEY)
+            if saved is None:
+                log.warning(f"{point.path} does not record the settings of the run that wrote it (saved before "
+                            "vlprompt kept them, or by the original Dassl/CoOp code); resuming without checking them")
+                continue
+            if fingerprint(saved) == fingerprint(current):
+                continue
+            differences = "; ".join(describe_differences(saved, current, first_name="checkpoint").splitlines())
+            if not getattr(self, "resume_anyway", False):
+                raise ResumeMismatchError(
+                    f"{directory} holds a run with other settings ({differences}), so resuming it would attribute "
+                    "its weights to this run's settings. Pass a new --output-dir to start this run, or "
+                    "--resume-anyway to continue that run with the new settings (run.json records it)"
+                )
+            log.warning(f"Resuming {point.path} although its settings differ ({differences}), as "
+                        "--resume-anyway asks; run.json records it")
+            self.resumed_anyway = {
+                "checkpoint": osp.abspath(point.path),
+                "fingerprint": point.checkpoint.get(FINGERPRINT_KEY) or fingerprint(saved),
+                "differences": {key: [before, now] for key, before, now in differing_keys(saved, current)},
+            }
 
     def load_model(self, directory: str, epoch: int | None = None) -> None:
         """Load ``directory/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each model."""
@@ -173,7 +267,7 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise UserFileNotFoundError(f'Model not found at "{model_path}"')
             checkpoint = load_checkpoint(model_path, map_location=self.device)
             val_result = checkpoint.get("val_result")
             shown = "None" if val_result is None else f"{val_result:.1f}"
@@ -208,10 +302,25 @@ class TrainerBase:
             if last_good
             else "no checkpoint was saved before it (the run stopped in its first epoch)"
         )
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"Loss is infinite or NaN! ({loss.detach().float().flatten()[0].item()}) at {where}; {saved}. "
             "Lower OPTIM.LR or use TRAINER.<METHOD>.PREC fp32, then resume with the same command."
         )
+
+    def interruption_hint(self) -> str:
+        """Where a Ctrl-C stopped this run and what running the same command again does (one line)."""
+        testing = getattr(self, "_testing", None)
+        if getattr(self, "_phase", None) != "train":
+            if testing:
+                return f"stopped while evaluating on the {testing} set; run the same command again to evaluate"
+            return "stopped before training started; run the same command again to start"
+        epoch, max_epoch = getattr(self, "epoch", 0), getattr(self, "max_epoch", 0)
+        where = f"epoch {epoch + 1}/{max_epoch}"
+        if testing:
+            where += f" while evaluating on the {testing} set"
+        elif getattr(self, "batch_idx", None) is not None and getattr(self, "num_batches", None):
+            where += f", batch {self.batch_idx + 1}/{self.num_batches}"
+        return f"stopped in {where}; run the same command again to resume from the last finished epoch"
 
     def init_writer(self, log_dir: str) -> None:
         if self._writer is None:
@@ -394,9 +503,11 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
+        self._testing = split  # for interruption_hint
         for batch in track(data_loader, desc=split, enabled=self.cfg.VERBOSE):
             inputs, labels = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(inputs), labels)
+        self._testing = None
         results = self.evaluator.evaluate()
         for key, value in results.items():
             if np.isscalar(value):

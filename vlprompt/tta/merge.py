@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from vlprompt.engine.checkpoint import atomic_write_text
+from vlprompt.errors import UserFileNotFoundError
 from vlprompt.tta.records import (
     COMPATIBLE_FIELDS,
     FORMAT,
@@ -40,10 +41,10 @@ def find_logs(paths: Sequence[str]) -> list[str]:
         elif osp.isdir(path):
             found += sorted(glob.glob(osp.join(path, "**", PREDICTIONS_DIR, "*.jsonl"), recursive=True))
         else:
-            raise FileNotFoundError(f'"{path}" is neither a prediction log nor a folder')
+            raise UserFileNotFoundError(f'"{path}" is neither a prediction log nor a folder')
     unique = list(OrderedDict.fromkeys(osp.abspath(p) for p in found))
     if not unique:
-        raise FileNotFoundError(f"No TPT prediction logs ({PREDICTIONS_DIR}/*.jsonl) under {list(paths)}")
+        raise UserFileNotFoundError(f"No TPT prediction logs ({PREDICTIONS_DIR}/*.jsonl) under {list(paths)}")
     return unique
 
 

@@ -11,6 +11,7 @@ does not depend on the shard, the batch or a resume, and merged shards equal one
 from __future__ import annotations
 
 import json
+import logging
 import os
 import os.path as osp
 import re
@@ -22,13 +23,20 @@ from tabulate import tabulate
 
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.evaluation import build_evaluator
-from vlprompt.errors import UserError
+from vlprompt.errors import UserError, UserValueError, write_error
 
 FORMAT = "vlprompt-tpt-predictions-v1"
 PREDICTIONS_DIR = "tpt_predictions"
 SHARD_ENV = "VLPROMPT_TPT_SHARD"
 # Header fields that must agree between a log and the run that continues it (or the shards being merged).
-COMPATIBLE_FIELDS = ("format", "dataset", "split", "num_items", "items_hash", "num_classes", "seed", "settings")
+COMPATIBLE_FIELDS = ("format", "dataset", "split", "num_items", "items_hash", "num_classes", "seed", "settings",
+                     "weights_sha256")
+# Fields logs written by earlier versions lack: such a log is continued with a warning, not refused.
+ADDED_FIELDS = ("weights_sha256",)
+# What a failed append leaves intact.
+APPEND_INTACT = ("the predictions logged before are intact; free some space and run the same command again "
+                 "to continue")
+log = logging.getLogger(__name__)
 
 
 class PredictionLogError(UserError, ValueError):
@@ -42,7 +50,7 @@ def parse_shard(text: str, source: str = "TRAINER.TPT.SHARD") -> tuple[int, int]
         return None
     match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise ValueError(f'{source} is "{text}"; write it as i/n with 0 <= i < n (e.g. 0/4 is the first of four)')
+        raise UserValueError(f'{source} is "{text}"; write it as i/n with 0 <= i < n (e.g. 0/4 is the first of four)')
     return int(match.group(1)), int(match.group(2))
 
 
@@ -118,7 +126,12 @@ class PredictionLog:
         atomic_write_text(self.path, json.dumps(self.header) + "\n")
 
     def _check(self, saved: dict) -> None:
-        differing = [key for key in COMPATIBLE_FIELDS + ("shard",) if saved.get(key) != self.header.get(key)]
+        unrecorded = [key for key in ADDED_FIELDS if key not in saved and self.header.get(key) is not None]
+        if unrecorded:
+            log.warning(f'"{self.path}" was written before vlprompt recorded {", ".join(unrecorded)}; '
+                        "continuing it without checking that")
+        differing = [key for key in COMPATIBLE_FIELDS + ("shard",)
+                     if saved.get(key) != self.header.get(key) and key not in unrecorded]
         if differing:
             details = "; ".join(f"{key}: log {saved.get(key)!r} vs this run {self.header.get(key)!r}" for key in differing)
             raise PredictionLogError(
@@ -133,10 +146,13 @@ class PredictionLog:
         if self.path is None or not rows:
             return
         text = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:  # a torn last line is dropped when the log is reopened
+            raise write_error(err, self.path, APPEND_INTACT) from err
 
     def rows(self) -> list[dict]:
         return [self.done[i] for i in sorted(self.done)]

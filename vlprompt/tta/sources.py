@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlprompt.engine.checkpoint import BEST_FILE, EPOCH_FILE_PREFIX, load_checkpoint, read_checkpoint_pointer
+from vlprompt.engine.checkpoint import (
+    BEST_FILE,
+    EPOCH_FILE_PREFIX,
+    FINGERPRINT_KEY,
+    SETTINGS_KEY,
+    load_checkpoint,
+    read_checkpoint_pointer,
+)
 from vlprompt.errors import UserError, UserFileNotFoundError, UserValueError
 from vlprompt.prompts import PromptLearner
 
@@ -111,7 +118,7 @@ class LearnedContext(ContextSource):
 
     def __init__(self, ctx: torch.Tensor, source: str, class_token_position: str = "end") -> None:
         if ctx.dim() not in (2, 3):
-            raise ValueError(f'"{source}": ctx has shape {tuple(ctx.shape)}; a CoOp context is (n_ctx, width) '
+            raise UserValueError(f'"{source}": ctx has shape {tuple(ctx.shape)}; a CoOp context is (n_ctx, width) '
                              "or (n_cls, n_ctx, width)")
         self.ctx = ctx.detach().float().cpu()
         self.source = source
@@ -124,12 +131,12 @@ class LearnedContext(ContextSource):
     def learner(self, classnames: Sequence[str], clip_model: nn.Module) -> PromptLearner:
         width = clip_model.ln_final.weight.shape[0]
         if self.ctx.shape[-1] != width:
-            raise ValueError(
+            raise UserValueError(
                 f'"{self.source}": context width {self.ctx.shape[-1]} does not match the CLIP text width {width}; '
                 "the checkpoint was trained with another backbone (set MODEL.BACKBONE.NAME to it)"
             )
         if self.csc and self.ctx.shape[0] != len(classnames):
-            raise ValueError(
+            raise UserValueError(
                 f'"{self.source}": a class-specific context for {self.ctx.shape[0]} classes cannot start TPT on a '
                 f"dataset with {len(classnames)} classes"
             )
@@ -194,7 +201,8 @@ def prompt_state(checkpoint: dict, source: str) -> OrderedDict:
 
 # Top-level entries every Dassl-format checkpoint has; any other entry (e.g. GenPT's ``genpt``) is part
 # of a kind's signature as ``checkpoint:<name>``.
-STANDARD_CHECKPOINT_KEYS = frozenset({"state_dict", "epoch", "optimizer", "scheduler", "val_result", "rng_state"})
+STANDARD_CHECKPOINT_KEYS = frozenset({"state_dict", "epoch", "optimizer", "scheduler", "val_result", "rng_state",
+                                      FINGERPRINT_KEY, SETTINGS_KEY})
 
 
 def checkpoint_signature(checkpoint: dict, state: dict) -> set[str]:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from vlprompt.errors import UserValueError
+
 AUG_CHOICES = ("auto", "crop", "augmix")
 # ImageNet and its shifted test sets get crops and flips only (the reference's single-letter set ids, and
 # the authors found AugMix did not help there); every other dataset gets AugMix.
@@ -36,7 +38,7 @@ AUGMIX_MAX_DEPTH = 3
 def resolve_aug(aug: str, dataset_name: str) -> str:
     """``crop`` or ``augmix`` for ``TRAINER.TPT.AUG`` (``auto``: crop for the ImageNet family, else AugMix)."""
     if aug not in AUG_CHOICES:
-        raise ValueError(f'TRAINER.TPT.AUG is "{aug}"; use one of {", ".join(AUG_CHOICES)}')
+        raise UserValueError(f'TRAINER.TPT.AUG is "{aug}"; use one of {", ".join(AUG_CHOICES)}')
     if aug != "auto":
         return aug
     return "crop" if dataset_name in IMAGENET_STYLE or dataset_name.startswith("ImageNet") else "augmix"
@@ -180,7 +182,7 @@ class ViewMaker:
     def __init__(self, resolution: int, n_views: int, augmix: bool, mean: Sequence[float], std: Sequence[float],
                  severity: float = 1.0) -> None:
         if n_views < 1:
-            raise ValueError(f"TRAINER.TPT.N_VIEWS is {n_views}; it counts the original view, so it must be >= 1")
+            raise UserValueError(f"TRAINER.TPT.N_VIEWS is {n_views}; it counts the original view, so it must be >= 1")
         self.resolution = int(resolution)
         self.n_views = int(n_views)
         self.augmix = bool(augmix)
