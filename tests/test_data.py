@@ -17,7 +17,6 @@ from PIL import Image
 import vlprompt.datasets  # noqa: F401 - registers the bundled datasets
 from vlprompt.engine import data as engine_data
 from vlprompt.engine.config import get_cfg_default
-from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.data import (
     DataManager,
     DatasetBase,
@@ -29,6 +28,7 @@ from vlprompt.engine.data import (
     load_or_create_fewshot,
     subsample_classes,
 )
+from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.registry import DATASET_REGISTRY
 from vlprompt.splits import read_and_split_data, read_split, save_split, split_trainval
 from vlprompt.synthetic_data import OXFORD_PETS_BREEDS, write_oxford_pets

@@ -511,26 +511,32 @@ def _jpeg_ends_cleanly(path: str) -> bool:
         return handle.read().rstrip(b"\x00\r\n\t ").endswith(_JPEG_END)
 
 
-def probe_image(path: str) -> str | None:
-    """None when the image at ``path`` can be read, else why not (the wording of :func:`read_image`'s errors).
-
-    Fast: PIL parses the header and ``verify()`` checks the file's structure (a PNG's chunks and CRCs)
-    without decoding pixels; a JPEG must also end with its end-of-image marker. Only a file that fails
-    these is decoded in full, and only a failed decode makes it unreadable, so no readable image is refused.
-    """
+def _header_ok(path: str) -> bool:
+    """PIL parses the header and ``verify()`` checks the file's structure (a PNG's chunks and CRCs) without
+    decoding pixels; a JPEG must also end with its end-of-image marker."""
     try:
         with Image.open(path) as img:
             fmt = img.format
             img.verify()
-        if fmt != "JPEG" or _jpeg_ends_cleanly(path):
-            return None
+        return fmt != "JPEG" or _jpeg_ends_cleanly(path)
+    except FileNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 - any complaint is settled by a full decode
+        return False
+
+
+def probe_image(path: str) -> str | None:
+    """None when the image at ``path`` can be read, else why not (the wording of :func:`read_image`'s errors).
+
+    Fast: only a file whose header check (:func:`_header_ok`) fails is decoded in full, and only a failed
+    decode makes it unreadable, so no readable image is refused.
+    """
+    try:
+        if not _header_ok(path):
+            read_image(path)
+        return None
     except FileNotFoundError:
         return f'Image file not found: "{path}"'
-    except Exception:  # noqa: BLE001 - any complaint is settled by the full decode below
-        pass
-    try:
-        read_image(path)
-        return None
     except OSError as err:
         return str(err)
 
