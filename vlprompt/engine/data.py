@@ -541,6 +541,16 @@ def probe_image(path: str) -> str | None:
         return str(err)
 
 
+def image_check_cache_paths(dataset_dir: str, name: str = "") -> list[str]:
+    """Where the image check remembers a dataset's readable images: beside its few-shot caches
+    (:func:`cache_folders`); without a dataset folder, under :func:`cache_root` by ``name``."""
+    if dataset_dir:
+        folders = cache_folders(dataset_dir, osp.basename(osp.normpath(dataset_dir)))
+    else:
+        folders = [osp.join(cache_root(), name or "dataset", "split_fewshot")]
+    return [osp.join(folder, IMAGE_CHECK_FILE) for folder in folders]
+
+
 def _cache_key(path: str, base_dir: str) -> str:
     relative = osp.relpath(path, base_dir) if base_dir else path
     return path if relative.startswith("..") else relative.replace(os.sep, "/")
@@ -1082,11 +1092,9 @@ def screen_images(cfg, dataset, splits: Sequence[str] = SPLIT_ATTRS) -> dict[str
     if not paths:
         return {}
     dataset_dir = str(getattr(dataset, "dataset_dir", "") or "")
-    if osp.isabs(dataset_dir) and osp.isdir(dataset_dir):
-        folders = cache_folders(dataset_dir, osp.basename(osp.normpath(dataset_dir)))
-    else:  # a plug-in dataset without an absolute folder: key the cache by its name, paths absolute
-        dataset_dir, folders = "", [osp.join(cache_root(), cfg.DATASET.NAME or "dataset", "split_fewshot")]
-    bad = find_unreadable_images(paths, [osp.join(folder, IMAGE_CHECK_FILE) for folder in folders], dataset_dir,
+    if not (osp.isabs(dataset_dir) and osp.isdir(dataset_dir)):
+        dataset_dir = ""  # a plug-in dataset without an absolute folder: its cache is keyed by its name
+    bad = find_unreadable_images(paths, image_check_cache_paths(dataset_dir, cfg.DATASET.NAME), dataset_dir,
                                  workers=min(8, os.cpu_count() or 1))
     if not bad:
         return {}
