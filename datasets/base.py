@@ -8,7 +8,8 @@ Two config keys are added here (``register_cfg_extension``):
 * ``DATASET.LAYOUT``: ``"coop"`` (default) reads CoOp's folders (``oxford_pets/images``, ...);
   ``"tpt"`` reads TPT's (``OxfordPets``, ``Flower102/jpg``, ``ImageNet/val``, ``imagenet-a``, ...).
 * ``DATASET.SPLIT_DIR``: a folder holding the ``split_zhou_*.json`` files (TPT keeps them in
-  ``data/data_splits``); when set it is searched before the dataset folder.
+  ``data/data_splits``); when set it is searched before the dataset folder (and, in TPT's layout,
+  before ``DATASET.ROOT/data_splits``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vlprompt.splits import dataset_root, fewshot_and_subsample, read_split, try
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("coop", "tpt")
+TPT_SPLIT_DIR = "data_splits"  # under DATASET.ROOT in TPT's layout (TPT's own code: ./data/data_splits)
 DOCS = "DATASETS.md"
 
 
@@ -204,6 +206,8 @@ class SplitDataset(LayoutDataset):
         self.split_path = ""
         if self.split_name:
             candidates = [osp.join(self.dataset_dir, self.split_file)]
+            if self.layout == "tpt":  # TPT keeps CoOp's split files in one folder beside the datasets
+                candidates.insert(0, osp.join(self.root, TPT_SPLIT_DIR, self.split_file))
             if self.cfg_split_dir:
                 candidates.insert(0, osp.join(osp.abspath(osp.expanduser(self.cfg_split_dir)), self.split_file))
             # The first that exists; else the dataset folder, where a built split is saved (as CoOp does).

@@ -18,7 +18,7 @@ import torch
 from conftest import REPO_ROOT, config_file, train_args
 from PIL import Image
 
-import vlprompt.datasets  # noqa: F401 - registers the bundled datasets
+import vlprompt.datasets  # registers the bundled datasets (vlprompt.splits below is used)
 import vlprompt.splits
 from vlprompt.engine import data as engine_data
 from vlprompt.engine.config import extend_cfg, get_cfg_default
@@ -398,9 +398,13 @@ def test_tpt_skips_unreadable_images_and_counts_them(json_root, tiny64, tmp_path
 # ------------------------------------------------------------------------------------- TPT's layout
 
 
-def test_tpt_layout_needs_no_classnames_file(json_root, tmp_path):
-    tpt = convert_to_tpt_layout(json_root, tmp_path / "tpt", names=["ImageNetA", "ImageNetR", "ImageNetV2"])
+def test_tpt_layout_needs_one_key_no_classnames_file(json_root, tmp_path):
+    tpt = convert_to_tpt_layout(json_root, tmp_path / "tpt", names=["ImageNetA", "ImageNetR", "ImageNetV2",
+                                                                     "OxfordFlowers"])
     assert not list(tpt.rglob("classnames.txt"))
+    flowers = build(tpt, "OxfordFlowers", LAYOUT="tpt")  # split files found in DATASET.ROOT/data_splits
+    assert flowers.split_path == str(tpt / "data_splits" / "split_zhou_OxfordFlowers.json")
+    assert flowers.classnames == build(json_root, "OxfordFlowers").classnames
     with pytest.raises(UserError) as err:  # nothing yet to give the bundled names their folder ids
         build(tpt, "ImageNetA", LAYOUT="tpt")
     assert "classnames.txt not found" in str(err.value) and str(tpt / "ImageNet-Sketch") in str(err.value)
