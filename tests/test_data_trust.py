@@ -8,37 +8,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import test_datasets
 import torch
-from conftest import REPO_ROOT, config_file, train_args
+from conftest import config_file, train_args
 from PIL import Image
+from test_datasets import EXPECTED, build, private_copy, rows
 
-import vlprompt.datasets  # registers the bundled datasets (vlprompt.splits below is used)
+import vlprompt.datasets  # registers the bundled datasets
 import vlprompt.splits
 from vlprompt.engine import data as engine_data
 from vlprompt.engine.config import extend_cfg, get_cfg_default
 from vlprompt.engine.data import DatasetBase, Datum, find_unreadable_images, probe_image
 from vlprompt.engine.evaluation import announce_skipped
-from vlprompt.engine.registry import DATASET_REGISTRY
 from vlprompt.errors import UserError
 from vlprompt.imagenet_classnames import IMAGENET_CLASSNAMES
 from vlprompt.synthetic_data import (
     IMAGENET_A_CLASSES,
     IMAGENET_R_CLASSES,
-    TPT_MOVES,
     convert_to_tpt_layout,
     imagenet_wnids,
-    write_all_once,
     write_imagenet_sketch,
 )
 
-EXPECTED = json.loads((REPO_ROOT / "tests" / "data" / "coop_reference_samples.json").read_text())
-FOLDER = {name: TPT_MOVES[name][0].split("/")[0] for name in TPT_MOVES}
+# The session's synthetic trees, shared with test_datasets (one definition of each fixture).
+json_root = test_datasets.json_root
+raw_root = test_datasets.raw_root
 
 
 @pytest.fixture(autouse=True)
@@ -46,41 +44,6 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "vlprompt_cache"))
     yield
     announce_skipped(None)
-
-
-@pytest.fixture(scope="session")
-def json_root(tmp_path_factory) -> Path:
-    return write_all_once(tmp_path_factory.getbasetemp() / "synthetic_json", with_split_json=True)
-
-
-@pytest.fixture(scope="session")
-def raw_root(tmp_path_factory) -> Path:
-    return write_all_once(tmp_path_factory.getbasetemp() / "synthetic_raw", with_split_json=False)
-
-
-def private_copy(root: Path, tmp_path: Path, *names: str, target: str = "data") -> Path:
-    out = tmp_path / target
-    for name in names:
-        shutil.copytree(root / FOLDER[name], out / FOLDER[name], ignore=shutil.ignore_patterns("split_fewshot"))
-    return out
-
-
-def build(root, name: str, shots: int = -1, seed: int = -1, **opts):
-    """The dataset as train.py builds it (seeds first)."""
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.DATASET.NUM_SHOTS, cfg.SEED = str(root), name, shots, seed
-    for key, value in opts.items():
-        setattr(cfg.DATASET, key, value)
-    if seed >= 0:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-    return DATASET_REGISTRY.get(name)(cfg)
-
-
-def rows(ds, items) -> list[list]:
-    return [[os.path.relpath(x.impath, ds.dataset_dir), x.label, x.classname] for x in items]
 
 
 # ------------------------------------------------------------------------------------- split rows
