@@ -290,7 +290,7 @@ def test_image_check_cache_skips_unchanged_images_and_rechecks_changed_ones(tmp_
     assert paths["good"] in probed and paths["png"] not in probed
 
 
-def test_runs_check_images_once_and_remember_them_beside_the_fewshot_cache(json_root, tmp_path, monkeypatch):
+def test_runs_check_images_once_and_remember_them_outside_the_data(json_root, tmp_path, monkeypatch):
     from vlprompt.engine.data import DataManager
 
     root = private_copy(json_root, tmp_path, "DescribableTextures")
@@ -304,7 +304,9 @@ def test_runs_check_images_once_and_remember_them_beside_the_fewshot_cache(json_
     dm = DataManager(cfg)
     sizes = [len(dm.dataset.train_x), len(dm.dataset.val), len(dm.dataset.test)]
     assert len(probed) == sum(sizes) == 10 + 10 + 15
-    assert (root / "dtd" / "split_fewshot" / "image_check.json").is_file()
+    [cache] = (tmp_path / "vlprompt_cache" / "dtd").glob("image_check-*.json")  # in VLPROMPT_CACHE
+    assert len(json.loads(cache.read_text())["images"]) == 10 + 10 + 15
+    assert not list((root / "dtd" / "split_fewshot").glob("image_check*"))  # nothing beside the data
     probed.clear()
     DataManager(cfg)
     assert probed == []

@@ -127,10 +127,10 @@ def _load_splits(name: str, cfg, report: DatasetReport) -> dict[str, list]:
 def _find_unreadable(paths: Sequence[str], dataset_dir: str, workers: int) -> list[tuple[str, str]]:
     """(path, error) for every image that cannot be read, in the order given: the check a run makes before
     it starts (:func:`vlprompt.engine.data.find_unreadable_images`), reading the runs' cache, writing none."""
-    from vlprompt.engine.data import find_unreadable_images, image_check_cache_paths
+    from vlprompt.engine.data import find_unreadable_images, image_check_cache_path
 
     base = dataset_dir if osp.isabs(dataset_dir) and osp.isdir(dataset_dir) else ""
-    cache_paths = image_check_cache_paths(base) if base else []
+    cache_paths = [image_check_cache_path(base)] if base else []
     return list(find_unreadable_images(paths, cache_paths, base, workers=workers, write_cache=False).items())
 
 

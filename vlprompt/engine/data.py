@@ -494,7 +494,6 @@ def load_or_create_fewshot(
 
 IMAGE_CHECK_ENV = "VLPROMPT_IMAGE_CHECK"  # "0" turns off the check of every image before a run
 IMAGE_CHECK_FORMAT = "vlprompt-image-check-v1"
-IMAGE_CHECK_FILE = "image_check.json"
 _JPEG_END = b"\xff\xd9"
 
 
@@ -541,14 +540,13 @@ def probe_image(path: str) -> str | None:
         return str(err)
 
 
-def image_check_cache_paths(dataset_dir: str, name: str = "") -> list[str]:
-    """Where the image check remembers a dataset's readable images: beside its few-shot caches
-    (:func:`cache_folders`); without a dataset folder, under :func:`cache_root` by ``name``."""
-    if dataset_dir:
-        folders = cache_folders(dataset_dir, osp.basename(osp.normpath(dataset_dir)))
-    else:
-        folders = [osp.join(cache_root(), name or "dataset", "split_fewshot")]
-    return [osp.join(folder, IMAGE_CHECK_FILE) for folder in folders]
+def image_check_cache_path(dataset_dir: str, name: str = "") -> str:
+    """Where the image check remembers a dataset's readable images: under :func:`cache_root`, one file per
+    dataset folder (named by the folder and a hash of its absolute path), so the check never writes into
+    the data, test-only sets included."""
+    folder = osp.basename(osp.normpath(dataset_dir)) if dataset_dir else (name or "dataset")
+    digest = hashlib.sha256(osp.abspath(dataset_dir).encode("utf-8") if dataset_dir else b"").hexdigest()[:12]
+    return osp.join(cache_root(), folder, f"image_check-{digest}.json")
 
 
 def _cache_key(path: str, base_dir: str) -> str:
@@ -575,9 +573,10 @@ def find_unreadable_images(paths: Sequence[str], cache_paths: Sequence[str] = ()
                            workers: int = 8, write_cache: bool = True) -> dict[str, str]:
     """``{path: reason}`` for the images among ``paths`` that cannot be read (:func:`probe_image`), in order.
 
-    Readable images are remembered by size and modification time in a JSON cache (the first of
-    ``cache_paths`` that exists or can be written, paths relative to ``base_dir``), so an unchanged
-    image costs one ``stat`` the next time; unreadable ones are never cached, so a fixed file is seen.
+    Readable images are remembered by size and modification time in a JSON cache (read from every one of
+    ``cache_paths``, written atomically to the first writable; paths relative to ``base_dir``), so an
+    unchanged image costs one ``stat`` the next time; unreadable ones are never cached, so a fixed file
+    is seen.
     """
     cached = _read_image_cache(cache_paths)
 
@@ -1094,7 +1093,7 @@ def screen_images(cfg, dataset, splits: Sequence[str] = SPLIT_ATTRS) -> dict[str
     dataset_dir = str(getattr(dataset, "dataset_dir", "") or "")
     if not (osp.isabs(dataset_dir) and osp.isdir(dataset_dir)):
         dataset_dir = ""  # a plug-in dataset without an absolute folder: its cache is keyed by its name
-    bad = find_unreadable_images(paths, image_check_cache_paths(dataset_dir, cfg.DATASET.NAME), dataset_dir,
+    bad = find_unreadable_images(paths, [image_check_cache_path(dataset_dir, cfg.DATASET.NAME)], dataset_dir,
                                  workers=min(8, os.cpu_count() or 1))
     if not bad:
         return {}
