@@ -272,7 +272,8 @@ class DatasetBase:
         self._lab2cname, self._classnames = self.get_lab2cname(labelled)
         # A gap would give num_classes prompts for fewer names and shift every later label's name; a label
         # of another split beyond them would crash mid-run. The full check names the row.
-        others = [item.label for split in (train_x, test, val) if split and split is not labelled for item in split]
+        others = [item.label for split in (train_x, test, val) if split and split is not labelled
+                  for item in split]
         out_of_range = bool(others) and (min(others) < 0 or max(others) >= self._num_classes)
         if len(self._classnames) != self._num_classes or out_of_range:
             check_labels({"train_x": train_x or [], "test": test or [], "val": val or []}, type(self).__name__)
@@ -387,16 +388,13 @@ def split_fingerprint(dataset_dir: str, *splits: Iterable) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:12]
 
 
-def cache_folders(dataset_dir: str, name: str) -> list[str]:
-    """Where a dataset's caches live, preferred first: ``split_fewshot/`` inside the dataset folder, then
-    ``<cache_root()>/<name>/split_fewshot`` (for read-only data)."""
-    return [osp.join(dataset_dir, "split_fewshot"), osp.join(cache_root(), name, "split_fewshot")]
-
-
 def fewshot_cache_paths(dataset_dir: str, name: str, num_shots: int, seed: int, fingerprint: str) -> list[str]:
     """Candidate cache files, preferred first: inside the dataset folder, then under :func:`cache_root`."""
     filename = f"shot_{num_shots}-seed_{seed}-{fingerprint}.json"
-    return [osp.join(folder, filename) for folder in cache_folders(dataset_dir, name)]
+    return [
+        osp.join(dataset_dir, "split_fewshot", filename),
+        osp.join(cache_root(), name, "split_fewshot", filename),
+    ]
 
 
 def _save_cache(record: dict, candidates: Sequence[str], announce: str = "") -> str | None:
@@ -551,7 +549,8 @@ def image_check_cache_path(dataset_dir: str, name: str = "") -> str:
 
 def _cache_key(path: str, base_dir: str) -> str:
     relative = osp.relpath(path, base_dir) if base_dir else path
-    return path if relative.startswith("..") else relative.replace(os.sep, "/")
+    outside = relative == ".." or relative.startswith(".." + os.sep)
+    return path if outside else relative.replace(os.sep, "/")
 
 
 def _read_image_cache(paths: Sequence[str]) -> dict[str, list[int]]:
@@ -592,7 +591,7 @@ def find_unreadable_images(paths: Sequence[str], cache_paths: Sequence[str] = ()
         keys = [_cache_key(path, base_dir) for path in paths]
         todo = [i for i, (key, info) in enumerate(zip(keys, stats)) if info is None or cached.get(key) != info]
         if len(todo) > 1000:  # the first run over a large dataset: say why it pauses
-            print(f"Checking {len(todo):,} images not checked before (header only, remembered for later runs)")
+            log.info(f"Checking {len(todo):,} images not checked before (header only, remembered for later runs)")
         reasons = list(pool.map(probe_image, [paths[i] for i in todo]))
     bad = {paths[i]: reason for i, reason in zip(todo, reasons) if reason is not None}
     fresh = {keys[i]: stats[i] for i, reason in zip(todo, reasons) if reason is None and stats[i] is not None}
@@ -933,11 +932,11 @@ class DatasetWrapper(TorchDataset):
     def _load(self, idx: int) -> Image.Image | None:
         """The image of item ``idx``; None when it is unreadable and skipping is on (flagged, warned once)."""
         path = self.data_source[idx].impath
-        if not self.skip_corrupt:
-            return read_image(path)
         try:
             return read_image(path)
         except OSError as err:
+            if not self.skip_corrupt:
+                raise
             self._skip_flags[idx] = 1
             if path not in self._warned:
                 self._warned.add(path)
