@@ -326,10 +326,18 @@ def tiny64(tmp_path_factory) -> str:
     return str(save_tiny_clip(tmp_path_factory.mktemp("tiny64") / "vit.pt", "vit", image_resolution=RES))
 
 
-def test_tpt_skips_unreadable_images_and_counts_them(json_root, tiny64, tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """The tiny models run faster on one thread on a busy machine; the setting is put back afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tpt_skips_unreadable_images_and_counts_them(json_root, tiny64, tmp_path, capsys, monkeypatch, one_thread):
     from vlprompt.cli import main
 
-    torch.set_num_threads(1)
     root = private_copy(json_root, tmp_path, "DescribableTextures")
     split = json.loads((root / "dtd" / "split_zhou_DescribableTextures.json").read_text())
     victim = root / "dtd" / "images" / split["test"][5][0]
