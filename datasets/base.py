@@ -8,22 +8,28 @@ Two config keys are added here (``register_cfg_extension``):
 * ``DATASET.LAYOUT``: ``"coop"`` (default) reads CoOp's folders (``oxford_pets/images``, ...);
   ``"tpt"`` reads TPT's (``OxfordPets``, ``Flower102/jpg``, ``ImageNet/val``, ``imagenet-a``, ...).
 * ``DATASET.SPLIT_DIR``: a folder holding the ``split_zhou_*.json`` files (TPT keeps them in
-  ``data/data_splits``); when set it is searched before the dataset folder.
+  ``data/data_splits``); when set it is searched before the dataset folder (and, in TPT's layout,
+  before ``DATASET.ROOT/data_splits``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
 from collections.abc import Sequence
 
 from vlprompt.compat import DatasetBase, Datum
 from vlprompt.engine.config import register_cfg_extension
-from vlprompt.engine.data import load_or_create_fewshot, subsample_classes
-from vlprompt.errors import UserError
+from vlprompt.engine.data import check_labels, fewshot_shortfall, load_or_create_fewshot, subsample_classes
+from vlprompt.errors import UserError, UserValueError
+from vlprompt.imagenet_classnames import IMAGENET_CLASSNAMES
 from vlprompt.splits import dataset_root, fewshot_and_subsample, read_split, try_save_split
 
+log = logging.getLogger(__name__)
+
 LAYOUTS = ("coop", "tpt")
+TPT_SPLIT_DIR = "data_splits"  # under DATASET.ROOT in TPT's layout (TPT's own code: ./data/data_splits)
 DOCS = "DATASETS.md"
 
 
@@ -40,12 +46,16 @@ def dataset_layout(cfg) -> str:
     """``DATASET.LAYOUT`` lower-cased (``coop`` when the key is absent); anything else is an error."""
     layout = str(getattr(cfg.DATASET, "LAYOUT", "coop") or "coop").strip().lower()
     if layout not in LAYOUTS:
-        raise ValueError(f'DATASET.LAYOUT is "{layout}"; use "coop" (CoOp\'s folders) or "tpt" (TPT\'s folders)')
+        raise UserValueError(f'DATASET.LAYOUT is "{layout}"; use "coop" (CoOp\'s folders) or "tpt" (TPT\'s folders)')
     return layout
 
 
 class DatasetLayoutError(UserError, FileNotFoundError):
     """A dataset file or folder is missing; the message names it, the expected layout and the docs."""
+
+
+class EmptyClassFolderError(UserError, ValueError):
+    """A class folder without images (it would leave a gap in the labels); the message names it and its label."""
 
 
 def list_files(folder: str) -> list[str]:
@@ -72,10 +82,10 @@ def read_classnames(filepath: str) -> dict[str, str]:
                 continue
             folder, _, name = line.partition(" ")
             if not name:
-                raise ValueError(f'{filepath}:{line_number}: expected "<wnid> <class name>", got "{line}"')
+                raise UserValueError(f'{filepath}:{line_number}: expected "<wnid> <class name>", got "{line}"')
             classnames[folder] = name.strip()
     if not classnames:
-        raise ValueError(f'"{filepath}" lists no classes; it must hold "<wnid> <class name>" lines')
+        raise UserValueError(f'"{filepath}" lists no classes; it must hold "<wnid> <class name>" lines')
     return classnames
 
 
@@ -83,14 +93,22 @@ def folder_items(split_dir: str, folders: Sequence[str], classnames: Sequence[st
     """Every file of ``split_dir/<folders[i]>/`` as a Datum of label ``i`` and class ``classnames[i]``.
 
     Files just listed exist, so the per-image existence check of ``Datum`` is skipped (ImageNet's
-    1.28M images would cost as many ``stat`` calls).
+    1.28M images would cost as many ``stat`` calls). An empty class folder is refused: its label would
+    have no image, and a classifier built from the labels present would shift every later class name.
     """
     items = []
     for label, (folder, classname) in enumerate(zip(folders, classnames)):
         class_dir = osp.join(split_dir, folder)
         if not osp.isdir(class_dir):
-            raise FileNotFoundError(f'Class folder not found: "{class_dir}"')
-        items.extend(Datum._trusted(osp.join(class_dir, name), label, 0, classname) for name in list_files(class_dir))
+            raise DatasetLayoutError(f'Class folder not found: "{class_dir}"')
+        names = list_files(class_dir)
+        if not names:
+            raise EmptyClassFolderError(
+                f'Class folder "{class_dir}" (label {label}, "{classname}") has no images; labels are the sorted '
+                "index of the class folders, so every later class would get the wrong name. Put the class's "
+                "images in it, or remove the folder if the class is not part of this dataset"
+            )
+        items.extend(Datum._trusted(osp.join(class_dir, name), label, 0, classname) for name in names)
     return items
 
 
@@ -167,8 +185,16 @@ class SplitDataset(LayoutDataset):
 
     def __init__(self, cfg) -> None:
         self.setup_paths(cfg)
-        splits = self.read_splits()
+        built = bool(self.split_name) and not osp.isfile(self.split_path)
+        splits = self.read_splits(save=False)
         train, val, test = fewshot_and_subsample(cfg, self.dataset_dir, splits["train"], splits["val"], splits["test"])
+        if built:
+            # A split built from the raw annotations is saved only now, after the few-shot cache: the first
+            # run draws its subset from the random stream the build left (as CoOp's), and a rerun reads it
+            # from the cache. Saved first, a kill in between would make the rerun read the JSON and draw
+            # again from a fresh stream, another subset for the same seed.
+            try_save_split(splits["train"], splits["val"], splits["test"], self.split_path, self.image_dir)
+        self.shots_per_class = fewshot_shortfall(train, cfg.DATASET.NUM_SHOTS)
         DatasetBase.__init__(self, train_x=train, val=val, test=test)
 
     @property
@@ -180,6 +206,8 @@ class SplitDataset(LayoutDataset):
         self.split_path = ""
         if self.split_name:
             candidates = [osp.join(self.dataset_dir, self.split_file)]
+            if self.layout == "tpt":  # TPT keeps CoOp's split files in one folder beside the datasets
+                candidates.insert(0, osp.join(self.root, TPT_SPLIT_DIR, self.split_file))
             if self.cfg_split_dir:
                 candidates.insert(0, osp.join(osp.abspath(osp.expanduser(self.cfg_split_dir)), self.split_file))
             # The first that exists; else the dataset folder, where a built split is saved (as CoOp does).
@@ -202,9 +230,11 @@ class SplitDataset(LayoutDataset):
                 raise self.layout_error(f'neither {where} nor "{missing[0]}" (to build the split from) exists')
             raise self.layout_error(f'"{missing[0]}" not found')
         train, val, test = self.read_raw_split()
+        splits = {"train": train, "val": val, "test": test}
+        check_labels(splits, f"{type(self).__name__} (split built from {', '.join(self.raw_paths())})")
         if save and self.split_name:
             try_save_split(train, val, test, self.split_path, self.image_dir)
-        return {"train": train, "val": val, "test": test}
+        return splits
 
     def read_raw_split(self) -> tuple[list, list, list]:
         """(train, val, test) built from the raw annotations, consuming ``random`` as CoOp does."""
@@ -231,6 +261,8 @@ class ImageNetFamily(LayoutDataset):
         return list(dict.fromkeys(candidates))
 
     def load_classnames(self) -> dict[str, str]:
+        """``{class folder: class name}`` in label order, from ``classnames.txt``; in TPT's layout, which has
+        none, from the bundled names (:meth:`bundled_classnames`), as TPT's own code does."""
         candidates = self.classnames_candidates()
         for path in candidates:
             if osp.isfile(path):
@@ -238,12 +270,35 @@ class ImageNetFamily(LayoutDataset):
                     print(f"Reading class names from {path}")
                 return read_classnames(path)
         tried = ", ".join(f'"{path}"' for path in candidates)
+        if self.layout == "tpt":
+            return self.bundled_classnames(tried)
         raise self.layout_error(f"classnames.txt not found (tried {tried})")
+
+    # TPT's folders that hold all 1000 ImageNet class folders, named by WordNet id (sorted = label order).
+    TPT_FULL_SETS = ("ImageNet/val", "ImageNet/train", "ImageNet-Sketch")
+
+    def bundled_classnames(self, tried: str) -> dict[str, str]:
+        """The bundled 1000 names (``vlprompt/imagenet_classnames.py``) keyed by WordNet id: ImageNet's label
+        order is the sorted order of its 1000 class folders, so the folders of a full set under the root
+        (``TPT_FULL_SETS``) give each name its id; the 200-class sets look their folders up there."""
+        for relative in self.TPT_FULL_SETS:
+            folder = osp.join(self.root, relative)
+            wnids = list_folders(folder) if osp.isdir(folder) else []
+            if len(wnids) == len(IMAGENET_CLASSNAMES):
+                log.info(f"No classnames.txt: using the bundled ImageNet class names, in the order of the class "
+                         f'folders of "{folder}" (as TPT does)')
+                return dict(zip(wnids, IMAGENET_CLASSNAMES))
+        full = ", ".join(f'"{osp.join(self.root, relative)}"' for relative in self.TPT_FULL_SETS)
+        raise self.layout_error(
+            f"classnames.txt not found (tried {tried}), and none of {full} holds the {len(IMAGENET_CLASSNAMES)} "
+            "class folders that would order the bundled class names; put ImageNet's classnames.txt in "
+            "DATASET.ROOT"
+        )
 
     def names_for(self, folders: Sequence[str], classnames: dict[str, str], source: str) -> list[str]:
         unknown = [folder for folder in folders if folder not in classnames]
         if unknown:
-            raise ValueError(
+            raise UserValueError(
                 f'{type(self).__name__}: class folder(s) {", ".join(unknown[:5])} of "{source}" are not listed in '
                 f"classnames.txt; it must hold ImageNet's 1000 '<wnid> <class name>' lines"
             )
@@ -295,6 +350,7 @@ class FewShotImageNet(ImageNetFamily):
             train, test = subsample_classes(train, test, subsample=subsample)
         else:  # TPT's layout without train/: the labels to split come from val
             (test,) = subsample_classes(test, subsample=subsample)
+        self.shots_per_class = fewshot_shortfall(train, cfg.DATASET.NUM_SHOTS)
         DatasetBase.__init__(self, train_x=train, val=test, test=test)
 
     def read_splits(self, save: bool = True) -> dict[str, list]:
@@ -311,7 +367,7 @@ class FewShotImageNet(ImageNetFamily):
             if train_folders != val_folders:
                 only_train = sorted(set(train_folders) - set(val_folders))[:5]
                 only_val = sorted(set(val_folders) - set(train_folders))[:5]
-                raise ValueError(
+                raise UserValueError(
                     f'ImageNet: "{train_dir}" and "{val_dir}" must hold the same class folders (labels are their '
                     f"sorted index); only in train: {only_train or 'none'}, only in val: {only_val or 'none'}"
                 )

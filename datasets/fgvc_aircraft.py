@@ -6,6 +6,7 @@ from __future__ import annotations
 import os.path as osp
 
 from vlprompt.compat import DATASET_REGISTRY
+from vlprompt.errors import UserKeyError
 from vlprompt.splits import make_datum
 
 from .base import SplitDataset
@@ -32,6 +33,6 @@ class FGVCAircraft(SplitDataset):
         for line in self.read_text_lines(split_file):
             image_id, _, classname = line.partition(" ")
             if classname not in cname2lab:
-                raise KeyError(f'{self.dataset_dir}/{split_file}: variant "{classname}" is not in variants.txt')
+                raise UserKeyError(f'{self.dataset_dir}/{split_file}: variant "{classname}" is not in variants.txt')
             items.append(make_datum(osp.join(self.image_dir, image_id + ".jpg"), cname2lab[classname], classname))
         return items

@@ -20,4 +20,4 @@ class ImageNet(FewShotImageNet):
     contents = ("images/train/<wnid>/<wnid>_<n>.JPEG", "images/val/<wnid>/ILSVRC2012_val_<n>.JPEG  (val in class folders)",
                 "classnames.txt  (<wnid> <class name> per line, 1000 lines)")
     tpt_contents = ("val/<wnid>/ILSVRC2012_val_<n>.JPEG  (train/<wnid>/... optional)",
-                    "classnames.txt  (here or in DATASET.ROOT)")
+                    "classnames.txt  (optional: without it the bundled names, ordered by val's 1000 folders)")

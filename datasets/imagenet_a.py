@@ -16,4 +16,5 @@ class ImageNetA(ImageNetTestSet):
     tpt_dir = "imagenet-a"
     contents = ("imagenet-a/<wnid>/<name>.jpg  (200 class folders; README.txt is skipped)",
                 "classnames.txt  (ImageNet's, 1000 lines)")
-    tpt_contents = ("<wnid>/<name>.jpg  (200 class folders)", "classnames.txt  (here, in ImageNet/ or in DATASET.ROOT)")
+    tpt_contents = ("<wnid>/<name>.jpg  (200 class folders)",
+                    "classnames.txt  (optional: without it the bundled names, ordered by ImageNet/val's 1000 folders)")

@@ -15,4 +15,5 @@ class ImageNetR(ImageNetTestSet):
     tpt_dir = "imagenet-r"
     contents = ("imagenet-r/<wnid>/<name>.jpg  (200 class folders; README.txt is skipped)",
                 "classnames.txt  (ImageNet's, 1000 lines)")
-    tpt_contents = ("<wnid>/<name>.jpg  (200 class folders)", "classnames.txt  (here, in ImageNet/ or in DATASET.ROOT)")
+    tpt_contents = ("<wnid>/<name>.jpg  (200 class folders)",
+                    "classnames.txt  (optional: without it the bundled names, ordered by ImageNet/val's 1000 folders)")

@@ -16,4 +16,4 @@ class ImageNetSketch(ImageNetTestSet):
     contents = ("images/<wnid>/sketch_<n>.JPEG  (the archive's sketch/ folder, renamed)",
                 "classnames.txt  (ImageNet's, 1000 lines)")
     tpt_contents = ("<wnid>/sketch_<n>.JPEG  (class folders directly inside)",
-                    "classnames.txt  (here, in ImageNet/ or in DATASET.ROOT)")
+                    "classnames.txt  (optional: without it the bundled names, ordered by ImageNet/val's 1000 folders)")

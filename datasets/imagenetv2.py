@@ -6,6 +6,7 @@ from __future__ import annotations
 import os.path as osp
 
 from vlprompt.compat import DATASET_REGISTRY
+from vlprompt.imagenet_classnames import IMAGENET_CLASSNAMES
 
 from .base import ImageNetTestSet, folder_items
 
@@ -17,7 +18,11 @@ class ImageNetV2(ImageNetTestSet):
     tpt_dir = "imagenetv2-matched-frequency-format-val"
     contents = ("imagenetv2-matched-frequency-format-val/<0..999>/<hash>.jpeg  (all 1000 numbered folders)",
                 "classnames.txt  (ImageNet's, 1000 lines)")
-    tpt_contents = ("<0..999>/<hash>.jpeg", "classnames.txt  (here, in ImageNet/ or in DATASET.ROOT)")
+    tpt_contents = ("<0..999>/<hash>.jpeg", "classnames.txt  (optional: the bundled ImageNet names are used without it)")
+
+    def bundled_classnames(self, tried: str) -> dict[str, str]:
+        """Folder ``i`` is ImageNet class ``i``: the bundled names need no other folder to order them."""
+        return {str(label): name for label, name in enumerate(IMAGENET_CLASSNAMES)}
 
     def read_data(self, classnames: dict[str, str]) -> list:
         """Folder ``str(i)`` is label ``i`` for every line of classnames.txt (not a sorted listing: "10"

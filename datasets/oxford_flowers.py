@@ -9,6 +9,7 @@ import random
 from collections import defaultdict
 
 from vlprompt.compat import DATASET_REGISTRY
+from vlprompt.errors import UserKeyError, UserValueError
 from vlprompt.splits import make_datum
 
 from .base import SplitDataset
@@ -43,9 +44,9 @@ class OxfordFlowers(SplitDataset):
             n_total = len(impaths)
             n_train, n_val = round(n_total * 0.5), round(n_total * 0.2)
             if n_train <= 0 or n_val <= 0 or n_total - n_train - n_val <= 0:
-                raise ValueError(f"OxfordFlowers: label {label} has {n_total} images, too few for a 50/20/30 split")
+                raise UserValueError(f"OxfordFlowers: label {label} has {n_total} images, too few for a 50/20/30 split")
             if str(label) not in lab2cname:
-                raise KeyError(f'OxfordFlowers: label {label} is missing from "{self.dataset_dir}/cat_to_name.json"')
+                raise UserKeyError(f'OxfordFlowers: label {label} is missing from "{self.dataset_dir}/cat_to_name.json"')
             cname = lab2cname[str(label)]
             for share, paths in ((train, impaths[:n_train]), (val, impaths[n_train : n_train + n_val]),
                                  (test, impaths[n_train + n_val :])):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os.path as osp
 
 from vlprompt.compat import DATASET_REGISTRY, Datum
+from vlprompt.errors import UserValueError
 from vlprompt.splits import make_datum, split_trainval
 
 from .base import SplitDataset
@@ -47,7 +48,7 @@ class OxfordPets(SplitDataset):
                     continue
                 fields = line.split(" ")
                 if len(fields) != 4:
-                    raise ValueError(f'{filepath}:{line_number}: expected "<imname> <class_id> <species> '
+                    raise UserValueError(f'{filepath}:{line_number}: expected "<imname> <class_id> <species> '
                                      f'<breed_id>", got "{line}"')
                 imname, class_id = fields[0], int(fields[1])
                 # "american_pit_bull_terrier_12" -> "american_pit_bull_terrier"; cat names are capitalised.

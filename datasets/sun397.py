@@ -7,6 +7,7 @@ from __future__ import annotations
 import os.path as osp
 
 from vlprompt.compat import DATASET_REGISTRY
+from vlprompt.errors import UserKeyError
 from vlprompt.splits import make_datum, split_trainval
 
 from .base import SplitDataset
@@ -41,7 +42,7 @@ class SUN397(SplitDataset):
             imname = line[1:]
             folder = osp.dirname(imname)
             if folder not in cname2lab:
-                raise KeyError(f'{self.dataset_dir}/{text_file}: class "{folder}" is not in ClassName.txt')
+                raise UserKeyError(f'{self.dataset_dir}/{text_file}: class "{folder}" is not in ClassName.txt')
             classname = " ".join(folder.split("/")[1:][::-1])
             items.append(make_datum(osp.join(self.image_dir, imname), cname2lab[folder], classname))
         return items

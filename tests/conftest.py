@@ -14,6 +14,16 @@ if str(REPO_ROOT) not in sys.path:  # lets the suite run from a checkout that is
 import vlprompt  # noqa: F401 - installs the torchvision shim before any test imports torchvision
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_outside_home(tmp_path_factory):
+    """Caches a run writes outside the data (the image check, few-shot caches of read-only data) go to a
+    session folder, not the user's ~/.cache; subprocesses inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("VLPROMPT_CACHE", str(tmp_path_factory.mktemp("vlprompt_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_files(tmp_path_factory) -> dict[str, Path]:
     """fp16 state-dict files of the two tiny CLIPs (a ViT and a ModifiedResNet), as OpenAI ships weights."""

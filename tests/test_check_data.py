@@ -145,3 +145,16 @@ def test_tpt_layout_and_names(json_root, tmp_path, capsys):
     assert resolve_name("dtd") == "DescribableTextures" and resolve_name("IMAGENET_A") == "ImageNetA"
     assert main(["--root", str(tpt), "--dataset", "Imagenet-B"]) == 2
     assert "is not a registered dataset name" in capsys.readouterr().err
+
+
+def test_split_rows_a_run_would_refuse_are_reported(json_root, tmp_path, capsys):
+    root = copy_of(json_root, tmp_path, "EuroSAT")
+    split_path = root / "eurosat" / "split_zhou_EuroSAT.json"
+    split = json.loads(split_path.read_text())
+    split["val"][1][0] = "../../elsewhere/x.jpg"
+    split_path.write_text(json.dumps(split))
+    report = check_dataset("eurosat", str(root), check_images=False)
+    assert report.status == "ERROR"
+    assert f'Split file "{split_path}", val row 1' in report.message and "leads outside the image folder" in report.message
+    assert main(["--root", str(root), "--dataset", "eurosat"]) == 1
+    assert "Summary: 1 ERROR" in capsys.readouterr().out

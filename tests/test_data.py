@@ -28,6 +28,7 @@ from vlprompt.engine.data import (
     load_or_create_fewshot,
     subsample_classes,
 )
+from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.registry import DATASET_REGISTRY
 from vlprompt.splits import read_and_split_data, read_split, save_split, split_trainval
 from vlprompt.synthetic_data import OXFORD_PETS_BREEDS, write_oxford_pets
@@ -41,6 +42,13 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 def _private_cache(tmp_path, monkeypatch):
     """Every test gets its own fallback cache, so nothing is written to ~/.cache."""
     monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "vlprompt_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_skip_count():
+    """A loader pass under SKIP_CORRUPT_IMAGES leaves its count for the next result block; not another test's."""
+    yield
+    announce_skipped(None)
 
 
 @pytest.fixture(scope="module")
@@ -329,12 +337,20 @@ def test_unreadable_image_named_or_skipped(tmp_path):
     with pytest.raises(OSError, match="img_1.png"):
         DatasetWrapper(cfg, items, transform=tfm)[1]
 
+    # Skipped, never replaced by a neighbour: the item is None and its batch is one image shorter.
     cfg.DATALOADER.SKIP_CORRUPT_IMAGES = True
     wrapper = DatasetWrapper(cfg, items, transform=tfm)
     with pytest.warns(UserWarning, match="img_1.png"):
-        out = wrapper[1]
-    assert out["index"] == 2 and out["impath"] == items[2].impath and out["label"] == items[2].label
-    assert wrapper.num_skipped == 1
+        assert wrapper[1] is None
+    assert wrapper.num_skipped == 1 and wrapper.skipped_paths == [items[1].impath]
+    loader = build_data_loader(cfg, "SequentialSampler", items, batch_size=4, tfm=tfm, is_train=False)
+    with pytest.warns(UserWarning, match="img_1.png"):
+        [batch] = list(loader)
+    assert batch["index"].tolist() == [0, 2] and batch["impath"] == [items[0].impath, items[2].impath]
+    assert batch["label"].tolist() == [items[0].label, items[2].label] and batch["img"].shape[0] == 2
+    only_bad = build_data_loader(cfg, "SequentialSampler", items[1:2], batch_size=4, tfm=tfm, is_train=False)
+    with pytest.warns(UserWarning, match="img_1.png"):
+        assert list(only_bad) == []  # a batch with no readable image is left out
 
 
 # ---------------------------------------------------------------------------------------- OxfordPets

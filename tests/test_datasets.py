@@ -330,25 +330,46 @@ def test_every_registration_loads_through_train_py(json_root, tiny_vit, tmp_path
         assert rows(dataset, dataset.train_x) == EXPECTED["fewshot"][name]["2-1"]["train"]
 
 
-def test_corrupt_image_stops_a_run_with_its_path_or_is_skipped_and_counted(json_root, tiny_vit, tmp_path, capsys):
+def test_corrupt_image_stops_a_run_before_work_or_is_skipped_and_counted(json_root, tiny_vit, tmp_path, capsys,
+                                                                       monkeypatch):
     from vlprompt.cli import main
-    from vlprompt.engine.data import ImageReadError
 
     root = private_copy(json_root, tmp_path, "DescribableTextures")
     split = json.loads((root / "dtd" / "split_zhou_DescribableTextures.json").read_text())
     victim = root / "dtd" / "images" / split["test"][3][0]
     victim.write_bytes(b"not a jpeg")
+    # Found before the first epoch (it sits in the test split, read only after training), named with the fix.
+    train = train_args(str(root), tmp_path / "coop", "CoOp", "trainers/CoOp/vit_b16.yaml", "--seed", "1",
+                       "MODEL.BACKBONE.NAME", tiny_vit, "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "1",
+                       "TRAINER.COOP.N_CTX", "2", "TRAINER.COOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "1", dataset="dtd")
+    with pytest.raises(SystemExit) as stop:
+        main(train)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert "epoch [" not in captured.out and "Traceback" not in captured.err
+    assert "1 image(s) of DescribableTextures cannot be read (1 in test)" in captured.err
+    assert f'Cannot read image "{victim}"' in captured.err and "DATALOADER.SKIP_CORRUPT_IMAGES True" in captured.err
+
+    # Skipped: left out (never replaced by a neighbour), counted in the result block and at the end.
     args = train_args(str(root), tmp_path / "zs", "ZeroshotCLIP", "trainers/CoOp/rn50.yaml", "--eval-only",
                       "MODEL.BACKBONE.NAME", tiny_vit, "DATALOADER.NUM_WORKERS", "2", "DATALOADER.TEST.BATCH_SIZE", "4",
-                      dataset="dtd")
-    with pytest.raises(ImageReadError) as err:  # raised inside a DataLoader worker
-        main(args)
-    message = str(err.value)
-    assert message.startswith(f'Cannot read image "{victim}"') and "DataLoader worker process" in message
-    assert "Traceback" not in message
-
-    trainer = main([*args, "DATALOADER.SKIP_CORRUPT_IMAGES", "True"])  # the workers' skips are counted
+                      "DATALOADER.SKIP_CORRUPT_IMAGES", "True", dataset="dtd")
+    trainer = main(args)
     printed = capsys.readouterr().out
-    assert trainer.test_results is not None
+    assert len(trainer.dm.dataset.test) == len(split["test"]) - 1 and trainer.test_results["skipped"] == 1
+    assert f"* total: {len(split['test']) - 1}\n" in printed
+    assert re.search(r"\* macro_f1: [\d.]+%\n\* skipped: 1 unreadable image\(s\)\n", printed)
     assert f"Skipped 1 unreadable image(s) (DATALOADER.SKIP_CORRUPT_IMAGES True):\n  {victim}" in printed
     assert printed.rindex("Skipped 1 unreadable") > printed.rindex("=> result")  # reported at the end
+
+    # An image that passes the check but fails to decode (check off here) is skipped by the loader workers,
+    # each counted once; without the flag it stops the run naming the image and the worker.
+    monkeypatch.setenv("VLPROMPT_IMAGE_CHECK", "0")
+    trainer = main(args)
+    printed = capsys.readouterr().out
+    assert len(trainer.dm.dataset.test) == len(split["test"]) and trainer.test_results["skipped"] == 1
+    assert f"* total: {len(split['test']) - 1}\n" in printed and "* skipped: 1 unreadable image(s)" in printed
+    with pytest.raises(SystemExit):
+        main(args[:-2])
+    err = capsys.readouterr().err
+    assert f'Cannot read image "{victim}"' in err and "DataLoader worker process" in err and "Traceback" not in err

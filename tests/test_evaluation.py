@@ -14,6 +14,7 @@ from yacs.config import CfgNode
 
 from vlprompt.engine.evaluation import (
     Classification,
+    announce_skipped,
     build_evaluator,
     macro_f1_score,
     row_normalized_confusion_matrix,
@@ -60,6 +61,26 @@ def test_small_known_case_numbers_and_printed_block(capsys):
     assert capsys.readouterr().out == (
         "=> result\n* total: 10\n* correct: 7\n* accuracy: 70.0%\n* error: 30.0%\n* macro_f1: 69.8%\n"
     )
+
+
+def test_skipped_images_add_one_line_after_dassls_block_once(capsys):
+    evaluator = Classification(make_cfg(per_class=True), lab2cname={0: "a", 1: "b", 2: "c"})
+    logits, labels = one_hot_logits(Y_PRED, 3), torch.tensor(Y_TRUE)
+    skipped = [2]
+    announce_skipped(lambda: skipped[0])  # a loader's count, read when the block is printed
+    skipped[0] = 3
+    evaluator.process(logits, labels)
+    results = evaluator.evaluate()
+    assert results["skipped"] == 3 and list(results)[:3] == ["accuracy", "error_rate", "macro_f1"]
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        "=> result\n* total: 10\n* correct: 7\n* accuracy: 70.0%\n* error: 30.0%\n* macro_f1: 69.8%\n"
+        "* skipped: 3 unreadable image(s)\n=> per-class result\n"
+    )
+    evaluator.reset()
+    evaluator.process(logits, labels)
+    assert "skipped" not in evaluator.evaluate()  # the count belongs to one evaluation
+    assert "skipped" not in capsys.readouterr().out
 
 
 def test_thousands_separators_and_one_decimal(capsys):

@@ -37,6 +37,7 @@ from vlprompt.clip_backbone import apply_precision, clip_input_resolution, load_
 from vlprompt.compat import DATASET_REGISTRY, TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.data import DataManager
+from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.progress import track
 from vlprompt.errors import UserKeyError, UserValueError
 from vlprompt.prompt_trainer import clip_fingerprint_extras, load_prompt_state
@@ -224,7 +225,8 @@ class TPT(TrainerX):
             cfg.defrost()
             cfg.DATASET.NAME = self.set_names[set_name]
             cfg.freeze()
-            self._managers = {set_name: DataManager(cfg)}  # keep one: a dataset's item list can be large
+            # Keep one: a dataset's item list can be large. Only the evaluated split's images are checked.
+            self._managers = {set_name: DataManager(cfg, check_splits=("val", "test"))}
         return self._managers[set_name]
 
     def _use_set(self, set_name: str) -> DataManager:
@@ -349,30 +351,36 @@ class TPT(TrainerX):
         if log.done:
             print(f"Resuming: {len(mine) - len(todo):,} of {len(mine):,} images already done ({path})")
         self._progress = (set_name, len(mine) - len(todo), len(mine))  # for interruption_hint
-        self._tune_items(items, todo, maker, learner, tuner, log)
+        skipped = self._tune_items(items, todo, maker, learner, tuner, log)
 
         mine_set = set(mine)
         rows = [row for row in log.rows() if row["i"] in mine_set]
         if not rows:
             print(f"No test images of {set_name} in shard {shard_name(self.shard)}")
             return None
+        if cfg.DATALOADER.SKIP_CORRUPT_IMAGES:  # left out before the run, and by the loader
+            announce_skipped(len(dm.preskipped.get("test" if items is dataset.test else "val", [])) + skipped)
         results = report(rows, len(classnames), cfg, set_name, self.lab2cname)
         return results
 
-    def _tune_items(self, items, todo, maker, learner, tuner, log) -> None:
+    def _tune_items(self, items, todo, maker, learner, tuner, log) -> int:
+        """Tune and predict the images ``todo``; returns how many were skipped as unreadable."""
         cfg, tpt = self.cfg, self.method_cfg
         if not todo:
-            return
+            return 0
         on_device = bool(tpt.GPU_VIEWS)
+        views_data = TPTViewDataset(items, todo, maker, self.seed, on_device=on_device,
+                                    skip_corrupt=bool(cfg.DATALOADER.SKIP_CORRUPT_IMAGES))
         loader = DataLoader(
-            TPTViewDataset(items, todo, maker, self.seed, on_device=on_device),
-            batch_size=tpt.BATCH_IMAGES, shuffle=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
+            views_data, batch_size=tpt.BATCH_IMAGES, shuffle=False, num_workers=cfg.DATALOADER.NUM_WORKERS,
             collate_fn=collate_views, pin_memory=self.device.type == "cuda",
         )
         batch_time, top1, top5 = _Meter("Time", "6.3f"), _Meter("Acc@1", "6.2f"), _Meter("Acc@5", "6.2f")
         digits = len(str(len(todo)))
         done, started, end = 0, time.time(), time.time()
         for batch in track(loader, total=len(todo), desc=f"TPT {log.header['set']}"):
+            if batch is None:  # every image of this batch was skipped as unreadable
+                continue
             if on_device:
                 views = device_views(maker, batch, self.device)
             else:
@@ -398,6 +406,7 @@ class TPT(TrainerX):
         print(f" *  Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
         seconds = time.time() - started
         print(f"TPT: {done:,} images in {seconds:.1f} s ({seconds / max(done, 1):.3f} s/image)")
+        return len(views_data.skipped_indices)
 
     def interruption_hint(self) -> str:
         """Where a Ctrl-C stopped TPT: the image it was tuning and how many are logged (and kept)."""

@@ -2,7 +2,8 @@
 
 For each dataset it reports OK with the number of classes and images per split, or exactly which file or
 folder is missing, the layout that was expected and where DATASETS.md describes it; images that cannot
-be decoded are listed. It reads the splits as a run would (same code), but writes nothing.
+be read are listed. It reads the splits and checks the images as a run would (same code: split rows, labels,
+the image check runs make before they start), but writes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import io
 import os.path as osp
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 # (registered name, configs/datasets/<stem>.yaml) of the 15 benchmarks, in the order CoOp's papers list them.
@@ -124,20 +124,14 @@ def _load_splits(name: str, cfg, report: DatasetReport) -> dict[str, list]:
     return splits
 
 
-def _find_unreadable(paths: Sequence[str], workers: int) -> list[tuple[str, str]]:
-    """(path, error) for every image that cannot be decoded, in the order given."""
-    from vlprompt.engine.data import read_image
+def _find_unreadable(paths: Sequence[str], dataset_dir: str, workers: int) -> list[tuple[str, str]]:
+    """(path, error) for every image that cannot be read, in the order given: the check a run makes before
+    it starts (:func:`vlprompt.engine.data.find_unreadable_images`), reading the runs' cache, writing none."""
+    from vlprompt.engine.data import find_unreadable_images, image_check_cache_path
 
-    def probe(path: str) -> str | None:
-        try:
-            read_image(path)
-            return None
-        except OSError as err:
-            return str(err)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        errors = list(pool.map(probe, paths))
-    return [(path, error) for path, error in zip(paths, errors) if error is not None]
+    base = dataset_dir if osp.isabs(dataset_dir) and osp.isdir(dataset_dir) else ""
+    cache_paths = [image_check_cache_path(base)] if base else []
+    return list(find_unreadable_images(paths, cache_paths, base, workers=workers, write_cache=False).items())
 
 
 def check_dataset(name: str, root: str, layout: str = "coop", split_dir: str = "", check_images: bool = True,
@@ -165,7 +159,7 @@ def check_dataset(name: str, root: str, layout: str = "coop", split_dir: str = "
     if check_images:
         missing = set(report.missing)
         paths = list(dict.fromkeys(item.impath for items in splits.values() for item in items))
-        report.corrupt = _find_unreadable([p for p in paths if p not in missing], workers)
+        report.corrupt = _find_unreadable([p for p in paths if p not in missing], report.dataset_dir, workers)
         if report.corrupt:
             report.status = "CORRUPT"
             report.message = (
@@ -211,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="registered names or config stems (default: the 15 benchmarks)")
     parser.add_argument("--layout", choices=("coop", "tpt"), default="coop", help="folder names to expect (DATASET.LAYOUT)")
     parser.add_argument("--split-dir", default="", help="extra folder of split_zhou_*.json files (DATASET.SPLIT_DIR)")
-    parser.add_argument("--no-images", action="store_true", help="skip decoding every image (much faster)")
-    parser.add_argument("--workers", type=int, default=8, help="threads decoding images (default 8)")
+    parser.add_argument("--no-images", action="store_true", help="skip checking every image (much faster)")
+    parser.add_argument("--workers", type=int, default=8, help="threads checking images (default 8)")
     return parser
 
 

@@ -185,6 +185,10 @@ def write_run_record(cfg, trainer, *, eval_only: bool, model_dir: str, load_epoc
     per_dataset = getattr(trainer, "set_results", None)
     if isinstance(per_dataset, dict) and per_dataset:
         record["metrics_per_dataset"] = _plain(dict(per_dataset))
+    # Only when a class had fewer than DATASET.NUM_SHOTS images: the shots it really trained with.
+    shots_per_class = getattr(getattr(getattr(trainer, "dm", None), "dataset", None), "shots_per_class", None)
+    if shots_per_class:
+        record["shots_per_class"] = dict(shots_per_class)
     # A trainer may add its own section (TPT: its settings, shard and per-dataset results).
     extra = getattr(trainer, "run_record_extra", None)
     if callable(extra):

@@ -19,7 +19,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from vlprompt.engine.data import Datum, load_or_create_fewshot, subsample_classes, write_json_atomic
+from vlprompt.engine.data import (
+    Datum,
+    check_labels,
+    load_or_create_fewshot,
+    subsample_classes,
+    write_json_atomic,
+)
+from vlprompt.errors import UserFileNotFoundError, UserValueError
 
 SPLIT_KEYS = ("train", "val", "test")
 
@@ -27,10 +34,10 @@ SPLIT_KEYS = ("train", "val", "test")
 def dataset_root(cfg) -> str:
     """``DATASET.ROOT`` as an absolute path (``~`` expanded)."""
     if not cfg.DATASET.ROOT:
-        raise ValueError("DATASET.ROOT is empty; pass --root /path/to/datasets (the folder holding each dataset)")
+        raise UserValueError("DATASET.ROOT is empty; pass --root /path/to/datasets (the folder holding each dataset)")
     root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT))
     if not osp.isdir(root):
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f'DATASET.ROOT "{root}" does not exist; pass --root the folder that holds the datasets '
             "(see DATASETS.md; python -m vlprompt.check_data --root DIR checks a layout)"
         )
@@ -73,33 +80,71 @@ def _relative_to(impath: str, path_prefix: str) -> str:
     return osp.relpath(impath, path_prefix).replace(os.sep, "/")
 
 
+def _split_row(row, filepath: str, key: str, row_index: int, path_prefix: str) -> tuple[str, int, str]:
+    """(image path, label, classname) of one split-file row, or one error naming the file, row and fix."""
+
+    def bad(problem: str) -> UserValueError:
+        return UserValueError(
+            f'Split file "{filepath}", {key} row {row_index} is {row!r}: {problem}; fix or delete that row '
+            f'(rows are [relpath, label, classname], relpath inside "{path_prefix}")'
+        )
+
+    if not isinstance(row, (list, tuple)) or len(row) < 3:
+        raise bad("expected [relpath, label, classname]")
+    relpath, label, classname = row[:3]
+    if not isinstance(relpath, str) or not relpath.strip():
+        raise bad("the path is not a non-empty string")
+    if osp.isabs(relpath) or relpath.startswith(("/", "\\")) or osp.splitdrive(relpath)[0]:
+        raise bad("the path is absolute; write it relative to the image folder")
+    normalized = osp.normpath(relpath.replace("\\", "/"))
+    if normalized == ".." or normalized.startswith(("../", ".." + os.sep)):
+        raise bad("the path leads outside the image folder")
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)  # JSON writers may print 3 as 3.0
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise bad(f"the label {label!r} is not an integer")
+    if label < 0:
+        raise bad(f"the label {label} is negative; labels run 0..N-1")
+    if not isinstance(classname, str) or not classname:
+        raise bad("the class name is not a non-empty string")
+    return osp.join(path_prefix, relpath), label, classname
+
+
 def read_split(filepath: str, path_prefix: str) -> tuple[list[Datum], list[Datum], list[Datum]]:
-    """(train, val, test) from a CoOp split JSON; image paths are joined onto ``path_prefix``."""
+    """(train, val, test) from a CoOp split JSON; image paths are joined onto ``path_prefix``.
+
+    Every row is checked before any work starts: a relative path inside ``path_prefix`` to an existing
+    image, an integer label, a class name; then the labels together (:func:`check_labels`: no gaps, one
+    name per label). A problem raises one error naming the file, the row and the fix.
+    """
     print(f"Reading split from {filepath}")
     if not osp.isfile(filepath):
-        raise FileNotFoundError(f'Split file not found: "{filepath}"')
+        raise UserFileNotFoundError(f'Split file not found: "{filepath}"')
     try:
         with open(filepath) as handle:
             split = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ValueError(f'Split file "{filepath}" is not valid JSON ({err}); delete it to rebuild it') from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserValueError(f'Split file "{filepath}" is not valid JSON ({err}); delete it to rebuild it') from err
+    if not isinstance(split, dict):
+        raise UserValueError(f'Split file "{filepath}" holds a {type(split).__name__}, not CoOp\'s '
+                             '{"train": [...], "val": [...], "test": [...]}; delete it to rebuild it')
 
     output = []
     for key in SPLIT_KEYS:
-        if key not in split:
-            raise ValueError(f'Split file "{filepath}" has no "{key}" list (keys: {sorted(split)})')
+        if not isinstance(split.get(key), list):
+            raise UserValueError(f'Split file "{filepath}" has no "{key}" list (keys: {sorted(split)})')
         items = []
         for row_index, row in enumerate(split[key]):
+            impath, label, classname = _split_row(row, filepath, key, row_index, path_prefix)
             try:
-                relpath, label, classname = row[:3]
-                items.append(make_datum(osp.join(path_prefix, relpath), int(label), classname))
+                items.append(make_datum(impath, label, classname))
             except FileNotFoundError as err:
-                raise FileNotFoundError(f'{err}; listed in "{filepath}" ({key}, row {row_index})') from err
-            except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f'Split file "{filepath}", {key} row {row_index} is {row!r}; expected [relpath, label, classname]'
+                raise UserFileNotFoundError(
+                    f'{err}; listed in "{filepath}" ({key}, row {row_index}): restore the image, or fix or delete '
+                    "that row"
                 ) from err
         output.append(items)
+    check_labels(dict(zip(SPLIT_KEYS, output)), f'Split file "{filepath}"')
     return output[0], output[1], output[2]
 
 
@@ -137,7 +182,7 @@ def split_trainval(trainval: Sequence[Datum], p_val: float = 0.2) -> tuple[list[
         n_val = round(len(indices) * p_val)
         if n_val <= 0:
             classname = trainval[indices[0]].classname
-            raise ValueError(
+            raise UserValueError(
                 f'Class {label} ("{classname}") has {len(indices)} trainval images, too few for a '
                 f"{p_val:.0%} validation share; it needs at least {math.ceil(0.5 / p_val)}"
             )
@@ -175,7 +220,7 @@ def read_and_split_data(
         n_train = round(n_total * p_trn)
         n_val = round(n_total * p_val)
         if n_train <= 0 or n_val <= 0 or n_total - n_train - n_val <= 0:
-            raise ValueError(
+            raise UserValueError(
                 f'Class folder "{category_dir}" has {n_total} images, too few for a {p_trn:.0%}/{p_val:.0%}/'
                 f"{p_tst:.0%} split (each share must get at least one image)"
             )

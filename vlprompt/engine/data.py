@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -19,8 +20,9 @@ import os.path as osp
 import random
 import tempfile
 import warnings
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -30,8 +32,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from torch.utils.data import Dataset as TorchDataset
 
 from vlprompt.engine import distributed
+from vlprompt.engine.checkpoint import atomic_write_text
+from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.registry import DATASET_REGISTRY
-from vlprompt.errors import UserError
+from vlprompt.errors import UserError, UserValueError
+
+log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------------- Datum
 
@@ -169,6 +175,76 @@ def subsample_classes(*args: list, subsample: str = "all"):
     return output
 
 
+# ------------------------------------------------------------------------------------------- labels
+
+MAX_NAMED = 10  # labels, classes or images named in one message
+
+
+def _shown(values: Sequence, limit: int = MAX_NAMED) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def check_labels(splits: Mapping[str, Sequence], source: str) -> None:
+    """Refuse labels that would silently shift class names, naming ``source`` (the split file or folder)
+    and the row: each label an integer >= 0 naming one class everywhere; the first non-empty split's
+    labels run 0..N-1 without gaps (it defines the classes, as in Dassl); no other split has a label it lacks.
+    """
+    named = [(name, items) for name, items in splits.items() if items]
+    if not named:
+        return
+    first: dict[int, tuple[str, str, int]] = {}  # label -> (classname, split, row) where it was first seen
+    for split, items in named:
+        for row, item in enumerate(items):
+            label = item.label
+            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+                raise UserValueError(
+                    f'{source}: {split} row {row} ("{item.impath}") has label {label!r}; labels are integers '
+                    "0..N-1 (one per class); fix that row"
+                )
+            classname, where, at = first.setdefault(label, (item.classname, split, row))
+            if classname != item.classname:
+                raise UserValueError(
+                    f'{source}: label {label} is "{classname}" in {where} row {at} but "{item.classname}" in '
+                    f"{split} row {row}; a label must name one class: fix the label or the class name of one row"
+                )
+    reference, items = named[0]
+    labels = sorted({item.label for item in items})
+    missing = sorted(set(range(labels[-1] + 1)) - set(labels))
+    if missing:
+        raise UserValueError(
+            f"{source}: the {reference} split has labels up to {labels[-1]} but none of {_shown(missing)}; "
+            f"with a gap there are {labels[-1] + 1} classes for {len(labels)} class names and every later label "
+            f"points at the wrong name. Renumber the labels to 0..{len(labels) - 1} (or add the missing classes)"
+        )
+    known = set(labels)
+    for split, items in named[1:]:
+        for row, item in enumerate(items):
+            if item.label not in known:
+                raise UserValueError(
+                    f'{source}: {split} row {row} ("{item.impath}") has label {item.label}, which the '
+                    f"{reference} split (it defines the classes 0..{labels[-1]}) does not have; fix that row"
+                )
+
+
+def fewshot_shortfall(train: Sequence, num_shots: int) -> dict[str, int] | None:
+    """``{classname: images}`` of ``train`` (label order) when a class has fewer than ``num_shots`` images,
+    else None. CoOp then trains on all the images such a class has; this warns, naming those classes,
+    so a run that asked for K shots does not pass for one that had them."""
+    if num_shots < 1 or not train:
+        return None
+    counts = Counter(item.label for item in train)
+    names = {item.label: item.classname for item in train}
+    short = [f"{names[label]} ({counts[label]})" for label in sorted(counts) if counts[label] < num_shots]
+    if not short:
+        return None
+    log.warning(
+        f"DATASET.NUM_SHOTS is {num_shots} but {len(short)} class(es) have fewer training images, so all of "
+        f"theirs are used: {_shown(short)}; run.json records the shots per class (shots_per_class)"
+    )
+    return {names[label]: counts[label] for label in sorted(counts)}
+
+
 # ----------------------------------------------------------------------------------------- DatasetBase
 
 
@@ -194,6 +270,13 @@ class DatasetBase:
             )
         self._num_classes = self.get_num_classes(labelled)
         self._lab2cname, self._classnames = self.get_lab2cname(labelled)
+        # A gap would give num_classes prompts for fewer names and shift every later label's name; a label
+        # of another split beyond them would crash mid-run. The full check names the row.
+        others = [item.label for split in (train_x, test, val) if split and split is not labelled
+                  for item in split]
+        out_of_range = bool(others) and (min(others) < 0 or max(others) >= self._num_classes)
+        if len(self._classnames) != self._num_classes or out_of_range:
+            check_labels({"train_x": train_x or [], "test": test or [], "val": val or []}, type(self).__name__)
 
     @property
     def train_x(self):
@@ -262,20 +345,9 @@ class DatasetBase:
 
 
 def write_json_atomic(obj: Any, filepath: str, indent: int | None = 4) -> None:
-    """Write JSON through a temporary file in the same folder and ``os.replace``, so readers never see
+    """Write JSON atomically (:func:`vlprompt.engine.checkpoint.atomic_write_text`), so readers never see
     half a file; the folder is created if missing. Format matches Dassl's ``write_json``."""
-    folder = osp.dirname(osp.abspath(filepath))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix="." + osp.basename(filepath) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=indent, separators=(",", ": ") if indent else None)
-        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; a shared dataset folder needs readable files
-        os.replace(tmp_path, filepath)
-    except BaseException:
-        if osp.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+    atomic_write_text(filepath, json.dumps(obj, indent=indent, separators=(",", ": ") if indent else None))
 
 
 def _dir_is_writable(folder: str) -> bool:
@@ -323,6 +395,22 @@ def fewshot_cache_paths(dataset_dir: str, name: str, num_shots: int, seed: int, 
         osp.join(dataset_dir, "split_fewshot", filename),
         osp.join(cache_root(), name, "split_fewshot", filename),
     ]
+
+
+def _save_cache(record: dict, candidates: Sequence[str], announce: str = "") -> str | None:
+    """Write ``record`` atomically to the first candidate whose folder is writable; the path, or None.
+    ``announce`` (with ``{path}``) is printed before the write."""
+    for path in candidates:
+        if not _dir_is_writable(osp.dirname(path)):
+            continue
+        try:
+            if announce:
+                print(announce.format(path=path))
+            write_json_atomic(record, path, indent=None)
+            return path
+        except OSError as err:
+            warnings.warn(f'Could not write cache "{path}": {err}', stacklevel=3)
+    return None
 
 
 def _read_fewshot_cache(path: str, dataset_dir: str, fingerprint: str) -> tuple[list, list] | None:
@@ -391,22 +479,130 @@ def load_or_create_fewshot(
         "train": _encode_items(train, dataset_dir),
         "val": None if val is None else _encode_items(val, dataset_dir),
     }
-    for path in candidates:
-        if not _dir_is_writable(osp.dirname(path)):
-            continue
-        try:
-            print(f"Saving preprocessed few-shot data to {path}")
-            write_json_atomic(record, path, indent=None)
-            break
-        except OSError as err:
-            warnings.warn(f'Could not write few-shot cache "{path}": {err}', stacklevel=2)
-    else:
+    if _save_cache(record, candidates, "Saving preprocessed few-shot data to {path}") is None:
         warnings.warn(
             f'No writable place for the few-shot cache (tried {", ".join(candidates)}); set {CACHE_ENV} '
             "to a writable folder to keep the selection between runs",
             stacklevel=2,
         )
     return train, val
+
+
+# ------------------------------------------------------------------------------------ image check
+
+IMAGE_CHECK_ENV = "VLPROMPT_IMAGE_CHECK"  # "0" turns off the check of every image before a run
+IMAGE_CHECK_FORMAT = "vlprompt-image-check-v1"
+_JPEG_END = b"\xff\xd9"
+
+
+def image_check_enabled() -> bool:
+    """Whether runs check their images before starting (``VLPROMPT_IMAGE_CHECK``, on unless 0/false/no/off)."""
+    return os.environ.get(IMAGE_CHECK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _jpeg_ends_cleanly(path: str) -> bool:
+    """A JPEG's last bytes (trailing padding aside) are its end-of-image marker; a cut-off download's are not."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 64))
+        return handle.read().rstrip(b"\x00\r\n\t ").endswith(_JPEG_END)
+
+
+def _header_ok(path: str) -> bool:
+    """PIL parses the header and ``verify()`` checks the file's structure (a PNG's chunks and CRCs) without
+    decoding pixels; a JPEG must also end with its end-of-image marker."""
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            img.verify()
+        return fmt != "JPEG" or _jpeg_ends_cleanly(path)
+    except FileNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 - any complaint is settled by a full decode
+        return False
+
+
+def probe_image(path: str) -> str | None:
+    """None when the image at ``path`` can be read, else why not (the wording of :func:`read_image`'s errors).
+
+    Fast: only a file whose header check (:func:`_header_ok`) fails is decoded in full, and only a failed
+    decode makes it unreadable, so no readable image is refused.
+    """
+    try:
+        if not _header_ok(path):
+            read_image(path)
+        return None
+    except FileNotFoundError:
+        return f'Image file not found: "{path}"'
+    except OSError as err:
+        return str(err)
+
+
+def image_check_cache_path(dataset_dir: str, name: str = "") -> str:
+    """Where the image check remembers a dataset's readable images: under :func:`cache_root`, one file per
+    dataset folder (named by the folder and a hash of its absolute path), so the check never writes into
+    the data, test-only sets included."""
+    folder = osp.basename(osp.normpath(dataset_dir)) if dataset_dir else (name or "dataset")
+    digest = hashlib.sha256(osp.abspath(dataset_dir).encode("utf-8") if dataset_dir else b"").hexdigest()[:12]
+    return osp.join(cache_root(), folder, f"image_check-{digest}.json")
+
+
+def _cache_key(path: str, base_dir: str) -> str:
+    relative = osp.relpath(path, base_dir) if base_dir else path
+    outside = relative == ".." or relative.startswith(".." + os.sep)
+    return path if outside else relative.replace(os.sep, "/")
+
+
+def _read_image_cache(paths: Sequence[str]) -> dict[str, list[int]]:
+    entries: dict[str, list[int]] = {}
+    for path in paths:
+        try:
+            with open(path) as handle:
+                data = json.load(handle)
+            if isinstance(data, dict) and data.get("format") == IMAGE_CHECK_FORMAT:
+                entries.update(data["images"])
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning(f'Ignoring unreadable image-check cache "{path}" ({type(err).__name__}: {err})')
+    return entries
+
+
+def find_unreadable_images(paths: Sequence[str], cache_paths: Sequence[str] = (), base_dir: str = "",
+                           workers: int = 8, write_cache: bool = True) -> dict[str, str]:
+    """``{path: reason}`` for the images among ``paths`` that cannot be read (:func:`probe_image`), in order.
+
+    Readable images are remembered by size and modification time in a JSON cache (read from every one of
+    ``cache_paths``, written atomically to the first writable; paths relative to ``base_dir``), so an
+    unchanged image costs one ``stat`` the next time; unreadable ones are never cached, so a fixed file
+    is seen.
+    """
+    cached = _read_image_cache(cache_paths)
+
+    def stat(path: str) -> list[int] | None:
+        try:
+            info = os.stat(path)
+            return [info.st_size, info.st_mtime_ns]
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        stats = list(pool.map(stat, paths))
+        keys = [_cache_key(path, base_dir) for path in paths]
+        todo = [i for i, (key, info) in enumerate(zip(keys, stats)) if info is None or cached.get(key) != info]
+        if len(todo) > 1000:  # the first run over a large dataset: say why it pauses
+            log.info(f"Checking {len(todo):,} images not checked before (header only, remembered for later runs)")
+        reasons = list(pool.map(probe_image, [paths[i] for i in todo]))
+    bad = {paths[i]: reason for i, reason in zip(todo, reasons) if reason is not None}
+    fresh = {keys[i]: stats[i] for i, reason in zip(todo, reasons) if reason is None and stats[i] is not None}
+    if fresh and write_cache and cache_paths:
+        record = {"format": IMAGE_CHECK_FORMAT, "images": {**cached, **fresh}}
+        _save_cache(record, cache_paths)
+    return bad
+
+
+class UnreadableImagesError(UserError, OSError):
+    """Images a run would read that cannot be read; the message names them and the fix."""
 
 
 # ---------------------------------------------------------------------------------------- transforms
@@ -685,10 +881,11 @@ class DatasetWrapper(TorchDataset):
     training) and ``img0`` (un-augmented tensor) with ``RETURN_IMG0``.
 
     An unreadable image raises an error naming its path. With ``DATALOADER.SKIP_CORRUPT_IMAGES`` it
-    is skipped instead: the next readable item (wrapping around) is returned, with that item's own
-    label, path and index so the batch stays consistent; each skipped path is warned about once per
-    process and flagged in shared memory, so ``num_skipped``/``skipped_paths`` count distinct images
-    across DataLoader workers and epochs.
+    is skipped instead: the item comes out as None, which :func:`collate_skipping` leaves out of its
+    batch (no other image takes its place); each skipped path is warned about once per process and
+    flagged in shared memory, so ``num_skipped``/``skipped_paths`` count distinct images across
+    DataLoader workers and epochs. ``num_preskipped`` counts the images of this split that the check
+    before the run already left out (set by :class:`DataManager`).
     """
 
     def __init__(self, cfg, data_source: Sequence, transform=None, is_train: bool = False) -> None:
@@ -702,6 +899,7 @@ class DatasetWrapper(TorchDataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         self.skip_corrupt = bool(_cfg_get(cfg.DATALOADER, "SKIP_CORRUPT_IMAGES", False))
+        self.num_preskipped = 0
         self._warned: set[str] = set()
         # One shared flag per item (inherited by fork, passed along by spawn) so workers' skips add up.
         self._skip_flags = multiprocessing.RawArray("b", len(data_source)) if self.skip_corrupt else None
@@ -731,23 +929,24 @@ class DatasetWrapper(TorchDataset):
         """How many distinct images were skipped as unreadable."""
         return 0 if self._skip_flags is None else sum(1 for flag in self._skip_flags if flag)
 
-    def _load(self, idx: int) -> tuple[int, Image.Image]:
-        if not self.skip_corrupt:
-            return idx, read_image(self.data_source[idx].impath)
-        for offset in range(len(self.data_source)):
-            candidate = (idx + offset) % len(self.data_source)
-            path = self.data_source[candidate].impath
-            try:
-                return candidate, read_image(path)
-            except OSError as err:
-                self._skip_flags[candidate] = 1
-                if path not in self._warned:
-                    self._warned.add(path)
-                    warnings.warn(f"Skipping unreadable image (DATALOADER.SKIP_CORRUPT_IMAGES): {err}", stacklevel=2)
-        raise ImageReadError(f"No readable image among the {len(self.data_source)} items of this split")
+    def _load(self, idx: int) -> Image.Image | None:
+        """The image of item ``idx``; None when it is unreadable and skipping is on (flagged, warned once)."""
+        path = self.data_source[idx].impath
+        try:
+            return read_image(path)
+        except OSError as err:
+            if not self.skip_corrupt:
+                raise
+            self._skip_flags[idx] = 1
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"Skipping unreadable image (DATALOADER.SKIP_CORRUPT_IMAGES): {err}", stacklevel=2)
+            return None
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        idx, img0 = self._load(idx)
+    def __getitem__(self, idx: int) -> dict[str, Any] | None:
+        img0 = self._load(idx)
+        if img0 is None:
+            return None
         item = self.data_source[idx]
         output: dict[str, Any] = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
         if self.transform is None:
@@ -764,6 +963,35 @@ class DatasetWrapper(TorchDataset):
     def _transform_image(self, tfm, img0):
         views = [tfm(img0) for _ in range(self.k_tfm)]
         return views[0] if len(views) == 1 else views
+
+
+def collate_skipping(batch: list) -> dict | None:
+    """The default collation of the items that could be read (None items are skipped images); None when
+    none could."""
+    from torch.utils.data import default_collate
+
+    kept = [item for item in batch if item is not None]
+    return default_collate(kept) if kept else None
+
+
+class SkippingDataLoader(DataLoader):
+    """The loader under ``DATALOADER.SKIP_CORRUPT_IMAGES``: batches hold only readable images (a batch with
+    none is not yielded), and a pass over an evaluation split tells the next result block how many of the
+    split's images were skipped (see :func:`vlprompt.engine.evaluation.announce_skipped`)."""
+
+    def __iter__(self):
+        wrapper = self.dataset
+        if not getattr(wrapper, "is_train", True):
+            announce_skipped(lambda: wrapper.num_skipped + wrapper.num_preskipped)
+        return self._readable(super().__iter__())
+
+    @staticmethod
+    def _readable(batches):
+        for batch in batches:
+            if batch is None:
+                log.warning("A batch held only unreadable images and was left out (DATALOADER.SKIP_CORRUPT_IMAGES)")
+                continue
+            yield batch
 
 
 SAMPLER_NAMES = ("RandomSampler", "SequentialSampler")
@@ -806,13 +1034,15 @@ def build_data_loader(
         sampler, batch_size, num_items = _distributed_sampler(cfg, sampler_type, wrapper, batch_size)
     else:
         sampler = build_sampler(sampler_type, data_source)
-    return DataLoader(
+    skipping = bool(getattr(wrapper, "skip_corrupt", False))
+    return (SkippingDataLoader if skipping else DataLoader)(
         wrapper,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         drop_last=is_train and num_items >= batch_size,
         pin_memory=torch.cuda.is_available() and bool(_cfg_get(cfg, "USE_CUDA", True)),
+        **({"collate_fn": collate_skipping} if skipping else {}),
     )
 
 
@@ -848,17 +1078,68 @@ def build_dataset(cfg, registry=DATASET_REGISTRY) -> DatasetBase:
     return dataset_cls(cfg)
 
 
+SPLIT_ATTRS = ("train_x", "train_u", "val", "test")  # a dataset's splits, as DatasetBase names them
+
+
+def screen_images(cfg, dataset, splits: Sequence[str] = SPLIT_ATTRS) -> dict[str, list[str]]:
+    """Check the images of ``dataset``'s ``splits`` before a run reads them. Unreadable ones raise one
+    :class:`UnreadableImagesError` naming them; with ``DATALOADER.SKIP_CORRUPT_IMAGES`` they are removed
+    from the splits instead (never replaced). Returns ``{split: removed paths}``."""
+    lists = {name: getattr(dataset, name, None) or [] for name in splits}
+    paths = list(dict.fromkeys(item.impath for items in lists.values() for item in items))
+    if not paths:
+        return {}
+    dataset_dir = str(getattr(dataset, "dataset_dir", "") or "")
+    if not (osp.isabs(dataset_dir) and osp.isdir(dataset_dir)):
+        dataset_dir = ""  # a plug-in dataset without an absolute folder: its cache is keyed by its name
+    bad = find_unreadable_images(paths, [image_check_cache_path(dataset_dir, cfg.DATASET.NAME)], dataset_dir,
+                                 workers=min(8, os.cpu_count() or 1))
+    if not bad:
+        return {}
+    in_splits = {name: [item.impath for item in items if item.impath in bad] for name, items in lists.items()}
+    in_splits = {name: found for name, found in in_splits.items() if found}
+    counts = ", ".join(f"{len(found)} in {name}" for name, found in in_splits.items())
+    listed = "\n".join(f"  {reason}" for reason in list(bad.values())[:MAX_NAMED])
+    more = f"\n  ... and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+    if not _cfg_get(cfg.DATALOADER, "SKIP_CORRUPT_IMAGES", False):
+        raise UnreadableImagesError(
+            f"{len(bad)} image(s) of {cfg.DATASET.NAME or type(dataset).__name__} cannot be read ({counts}):\n"
+            f"{listed}{more}\nReplace them (re-extract the archive), or pass DATALOADER.SKIP_CORRUPT_IMAGES True "
+            "to leave them out; python -m vlprompt.check_data --root DATASET.ROOT lists them all"
+        )
+    log.warning(f"Leaving out {len(bad)} unreadable image(s) ({counts}; DATALOADER.SKIP_CORRUPT_IMAGES):\n"
+                f"{listed}{more}")
+    filtered: dict[int, list] = {}  # one filtered list per list object, so shared splits stay shared
+    for name, items in lists.items():
+        if items and hasattr(dataset, f"_{name}"):
+            if id(items) not in filtered:
+                filtered[id(items)] = [item for item in items if item.impath not in bad]
+            setattr(dataset, f"_{name}", filtered[id(items)])
+    if "train_x" in in_splits and hasattr(dataset, "shots_per_class"):  # a few-shot split lost images
+        dataset.shots_per_class = fewshot_shortfall(dataset.train_x, cfg.DATASET.NUM_SHOTS)
+    return in_splits
+
+
 class DataManager:
     """Builds the dataset, transforms and loaders a trainer needs, and prints Dassl's summary table.
 
     ``train_loader_x`` is None when the dataset has no labelled training data (test-only use);
     ``train_loader_u`` only exists with ``train_u``; ``val_loader`` only with a non-empty ``val``.
+
+    Before any loader is built, every image of ``check_splits`` (default: all) is checked
+    (:func:`find_unreadable_images`): unreadable ones stop the run with one message naming them, or with
+    ``DATALOADER.SKIP_CORRUPT_IMAGES`` are left out of their splits (``preskipped``).
     """
 
     dataset_registry = DATASET_REGISTRY  # where DATASET.NAME is looked up
 
-    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None) -> None:
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None,
+                 check_splits: Sequence[str] = SPLIT_ATTRS) -> None:
+        announce_skipped(None)
         dataset = build_dataset(cfg, self.dataset_registry)
+        self.preskipped: dict[str, list[str]] = {}  # split -> images left out before the run (unreadable)
+        if image_check_enabled():
+            self.preskipped = screen_images(cfg, dataset, check_splits)
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)
@@ -903,6 +1184,10 @@ class DataManager:
                 batch_size=loaders.TEST.BATCH_SIZE, tfm=tfm_test, is_train=False, dataset_wrapper=dataset_wrapper,
             )
 
+        for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
+            if loader is not None and split in self.preskipped:
+                loader.dataset.num_preskipped = len(self.preskipped[split])
+
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
         self._lab2cname = dataset.lab2cname
@@ -946,8 +1231,9 @@ class DataManager:
         print(tabulate(self.summary_rows(cfg)))
 
     def skipped_images(self) -> list[str]:
-        """Distinct images skipped as unreadable by any loader so far (``DATALOADER.SKIP_CORRUPT_IMAGES``)."""
-        paths: dict[str, None] = {}
+        """Distinct images skipped as unreadable (``DATALOADER.SKIP_CORRUPT_IMAGES``): those left out before
+        the run, then those any loader skipped so far."""
+        paths: dict[str, None] = {path: None for skipped in self.preskipped.values() for path in skipped}
         for loader in (self.train_loader_x, self.train_loader_u, self.val_loader, self.test_loader):
             wrapper = getattr(loader, "dataset", None)
             paths.update(dict.fromkeys(getattr(wrapper, "skipped_paths", [])))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import os.path as osp
 from collections import OrderedDict, defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,6 +18,24 @@ import torch
 from vlprompt.engine.registry import Registry
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
+
+# How many images of the split being evaluated were skipped as unreadable, for the next result block.
+_pending_skipped: int | Callable[[], int] | None = None
+
+
+def announce_skipped(count: int | Callable[[], int] | None) -> None:
+    """Tell the next result block how many images of the evaluated split were skipped as unreadable
+    (``DATALOADER.SKIP_CORRUPT_IMAGES``): a number, or a callable asked when the block is printed (a
+    loader knows its skips only after its pass). The block prints it as one extra line, then forgets it;
+    None forgets it now (a new run's data manager does, so nothing carries over from an earlier run)."""
+    global _pending_skipped
+    _pending_skipped = count
+
+
+def _take_skipped() -> int | None:
+    global _pending_skipped
+    count, _pending_skipped = _pending_skipped, None
+    return count() if callable(count) else count
 
 
 def macro_f1_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -110,7 +128,8 @@ class Classification(EvaluatorBase):
                 self._per_class_res[label].append(match)
 
     def evaluate(self) -> OrderedDict:
-        """Print the result block (and per-class block, confusion matrix) and return the metrics in percent."""
+        """Print the result block (and per-class block, confusion matrix) and return the metrics in percent
+        (plus ``skipped``, a count, when images were skipped as unreadable)."""
         if self._total == 0:
             raise RuntimeError(
                 "Classification.evaluate() was called before any batch was processed; the evaluated "
@@ -131,6 +150,10 @@ class Classification(EvaluatorBase):
             f"* error: {err:.1f}%\n"
             f"* macro_f1: {macro_f1:.1f}%"
         )
+        skipped = _take_skipped()
+        if skipped is not None:  # only with DATALOADER.SKIP_CORRUPT_IMAGES: Dassl's lines stay as they are
+            results["skipped"] = skipped
+            print(f"* skipped: {skipped:,} unreadable image(s)")
 
         if self._per_class_res is not None:
             print("=> per-class result")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -14,23 +16,43 @@ from vlprompt.tta.views import ViewMaker, image_rng, pil_to_tensor
 class TPTViewDataset(Dataset):
     """Items ``indices`` of ``data`` (Datum list). Each gives ``views`` ``(N, 3, R, R)``; with ``on_device``
     the original view, the uint8 image and the sampled view parameters instead (views made on the device).
+
+    With ``skip_corrupt`` (``DATALOADER.SKIP_CORRUPT_IMAGES``) an unreadable image comes out as None, which
+    :func:`collate_views` leaves out (no other image is tuned in its place); ``skipped_indices`` lists them,
+    across loader workers.
     """
 
     def __init__(self, data: Sequence, indices: Sequence[int], maker: ViewMaker, seed: int,
-                 on_device: bool = False) -> None:
+                 on_device: bool = False, skip_corrupt: bool = False) -> None:
         self.data = data
         self.indices = list(indices)
         self.maker = maker
         self.seed = seed
         self.on_device = on_device
+        # One shared flag per position (inherited by the loader's workers) so their skips add up.
+        self._skip_flags = multiprocessing.RawArray("b", len(self.indices)) if skip_corrupt else None
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> dict:
+    @property
+    def skipped_indices(self) -> list[int]:
+        """Indices (into ``data``) of the images skipped as unreadable so far."""
+        if self._skip_flags is None:
+            return []
+        return [index for index, flag in zip(self.indices, self._skip_flags) if flag]
+
+    def __getitem__(self, position: int) -> dict | None:
         index = self.indices[position]
         item = self.data[index]
-        img = read_image(item.impath)
+        try:
+            img = read_image(item.impath)
+        except OSError as err:
+            if self._skip_flags is None:
+                raise
+            self._skip_flags[position] = 1
+            warnings.warn(f"Skipping unreadable image (DATALOADER.SKIP_CORRUPT_IMAGES): {err}", stacklevel=2)
+            return None
         rng = image_rng(self.seed, index)
         out = {"index": index, "label": item.label}
         if self.on_device:
@@ -42,8 +64,12 @@ class TPTViewDataset(Dataset):
         return out
 
 
-def collate_views(batch: list[dict]) -> dict:
-    """Stack what has one shape for all images; keep the raw images and view parameters as lists."""
+def collate_views(batch: list[dict | None]) -> dict | None:
+    """Stack what has one shape for all images; keep the raw images and view parameters as lists. Skipped
+    images (None) are left out; None when none is left."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
     out = {"index": torch.tensor([b["index"] for b in batch]), "label": torch.tensor([b["label"] for b in batch])}
     if "views" in batch[0]:
         out["views"] = torch.stack([b["views"] for b in batch])
