@@ -102,13 +102,13 @@ def test_integral_float_labels_are_read_as_integers(json_root, tmp_path):
 
 
 def test_a_label_gap_stops_train_py_before_work_with_one_line(json_root, tiny_vit, tmp_path, capsys):
-    from vlprompt.cli import main
+    from vlprompt.cli import command
 
     root = private_copy(json_root, tmp_path, "DescribableTextures")
     split_path = root / "dtd" / "split_zhou_DescribableTextures.json"
     _edit_split(split_path, lambda s: _relabel(s, 2, 5))  # labels 0, 1, 3, 4, 5: 6 classes for 5 names
     with pytest.raises(SystemExit) as stop:
-        main(train_args(str(root), tmp_path / "out", "CoOp", "trainers/CoOp/vit_b16.yaml", "--seed", "1",
+        command(train_args(str(root), tmp_path / "out", "CoOp", "trainers/CoOp/vit_b16.yaml", "--seed", "1",
                         "MODEL.BACKBONE.NAME", tiny_vit, "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "2",
                         "TRAINER.COOP.N_CTX", "2", "TRAINER.COOP.PREC", "fp32", dataset="dtd"))
     assert stop.value.code == 2
@@ -336,20 +336,20 @@ def one_thread():
 
 
 def test_tpt_skips_unreadable_images_and_counts_them(json_root, tiny64, tmp_path, capsys, monkeypatch, one_thread):
-    from vlprompt.cli import main
+    from vlprompt.cli import command, main
 
     root = private_copy(json_root, tmp_path, "DescribableTextures")
     split = json.loads((root / "dtd" / "split_zhou_DescribableTextures.json").read_text())
     victim = root / "dtd" / "images" / split["test"][5][0]
     victim.write_bytes(b"not a jpeg")
 
-    def tpt(out: str, *extra: str):
-        return main(["--root", str(root), "--trainer", "TPT", "--config-file", config_file("trainers/TPT/vit_b16.yaml"),
+    def tpt(out: str, *extra: str, run=main):
+        return run(["--root", str(root), "--trainer", "TPT", "--config-file", config_file("trainers/TPT/vit_b16.yaml"),
                      "--dataset-config-file", config_file("datasets/dtd.yaml"), "--output-dir", str(tmp_path / out),
                      "--seed", "1", "MODEL.BACKBONE.NAME", tiny64, *FAST, *extra])
 
     with pytest.raises(SystemExit):
-        tpt("refused")
+        tpt("refused", run=command)
     assert f'Cannot read image "{victim}"' in capsys.readouterr().err
 
     total = len(split["test"]) - 1

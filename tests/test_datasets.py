@@ -332,7 +332,7 @@ def test_every_registration_loads_through_train_py(json_root, tiny_vit, tmp_path
 
 def test_corrupt_image_stops_a_run_before_work_or_is_skipped_and_counted(json_root, tiny_vit, tmp_path, capsys,
                                                                        monkeypatch):
-    from vlprompt.cli import main
+    from vlprompt.cli import command, main
 
     root = private_copy(json_root, tmp_path, "DescribableTextures")
     split = json.loads((root / "dtd" / "split_zhou_DescribableTextures.json").read_text())
@@ -343,7 +343,7 @@ def test_corrupt_image_stops_a_run_before_work_or_is_skipped_and_counted(json_ro
                        "MODEL.BACKBONE.NAME", tiny_vit, "DATALOADER.NUM_WORKERS", "0", "DATASET.NUM_SHOTS", "1",
                        "TRAINER.COOP.N_CTX", "2", "TRAINER.COOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "1", dataset="dtd")
     with pytest.raises(SystemExit) as stop:
-        main(train)
+        command(train)
     assert stop.value.code == 2
     captured = capsys.readouterr()
     assert "epoch [" not in captured.out and "Traceback" not in captured.err
@@ -370,6 +370,6 @@ def test_corrupt_image_stops_a_run_before_work_or_is_skipped_and_counted(json_ro
     assert len(trainer.dm.dataset.test) == len(split["test"]) and trainer.test_results["skipped"] == 1
     assert f"* total: {len(split['test']) - 1}\n" in printed and "* skipped: 1 unreadable image(s)" in printed
     with pytest.raises(SystemExit):
-        main(args[:-2])
+        command(args[:-2])
     err = capsys.readouterr().err
     assert f'Cannot read image "{victim}"' in err and "DataLoader worker process" in err and "Traceback" not in err
