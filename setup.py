@@ -1,23 +1,13 @@
-"""Installs vlprompt; the top-level ``trainers/`` and ``datasets/`` ship as ``vlprompt.trainers`` and
-``vlprompt.datasets`` so nothing installed collides with Hugging Face's ``datasets`` package, and ``configs/``
-ships as package data (``vlprompt/configs/``, found by :mod:`vlprompt.resources`) so an installed vlprompt
+"""Installs vlprompt. Trainers and datasets are the packages ``vlprompt.trainers`` and ``vlprompt.datasets``
+(the repository's top-level ``trainers/`` and ``datasets/`` only stand for them and are not installed, so
+nothing collides with Hugging Face's ``datasets`` package), and ``configs/`` ships as package data (``vlprompt/configs/``, found by :mod:`vlprompt.resources`) so an installed vlprompt
 works from any directory."""
 
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
-PLUGIN_FOLDERS = ("trainers", "datasets")
 DATA_FOLDERS = ("configs",)  # yaml only, installed as vlprompt/<folder>/
-
-
-def plugin_packages() -> list[str]:
-    """``vlprompt.trainers``, ``vlprompt.datasets`` and any sub-packages inside those folders."""
-    found = []
-    for folder in PLUGIN_FOLDERS:
-        found.append(f"vlprompt.{folder}")
-        found += [f"vlprompt.{folder}.{sub}" for sub in find_packages(where=folder)]
-    return found
 
 
 setup(
@@ -28,9 +18,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["vlprompt", "vlprompt.*"]) + plugin_packages() + [
+    packages=find_packages(include=["vlprompt", "vlprompt.*"]) + [
         f"vlprompt.{folder}" for folder in DATA_FOLDERS],
-    package_dir={f"vlprompt.{folder}": folder for folder in PLUGIN_FOLDERS + DATA_FOLDERS},
+    package_dir={f"vlprompt.{folder}": folder for folder in DATA_FOLDERS},
     package_data={
         # The micro CLIP pretrained on the toy world (MODEL.BACKBONE.NAME micro-clip) and its provenance.
         "vlprompt.toyworld": ["weights/micro_clip.pt", "weights/micro_clip.json"],

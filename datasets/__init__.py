@@ -1,21 +1,8 @@
-"""Bundled datasets; importing this package (as ``vlprompt.datasets``) registers each one in
-``DATASET_REGISTRY``."""
+"""The repository's ``datasets/`` folder, as in every Dassl plugin; the code lives in ``vlprompt.datasets``.
 
-from . import (  # noqa: F401
-    caltech101,
-    dtd,
-    eurosat,
-    fgvc_aircraft,
-    food101,
-    imagenet,
-    imagenet_a,
-    imagenet_r,
-    imagenet_sketch,
-    imagenetv2,
-    oxford_flowers,
-    oxford_pets,
-    stanford_cars,
-    sun397,
-    toyworld,
-    ucf101,
-)
+Each module here stands for its namesake in ``vlprompt.datasets``: ``import datasets.<module>`` gives the very
+module object of ``vlprompt.datasets.<module>`` (one identity per class, so nothing registers twice and
+``isinstance`` agrees under either name).
+"""
+
+from vlprompt.datasets import *

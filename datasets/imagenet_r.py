@@ -1,19 +1,7 @@
-"""ImageNet-R(endition), test only: ``imagenet-rendition/imagenet-r/<wnid>/`` (200 folders; README.txt
-skipped) and ImageNet's ``classnames.txt``. Labels are the index among the 200 sorted folders."""
+"""``datasets.imagenet_r`` is ``vlprompt.datasets.imagenet_r`` (the same module object; see ``datasets/__init__.py``)."""
 
-from __future__ import annotations
+import sys
 
-from vlprompt.compat import DATASET_REGISTRY
+import vlprompt.datasets.imagenet_r
 
-from .base import ImageNetTestSet
-
-
-@DATASET_REGISTRY.register()
-class ImageNetR(ImageNetTestSet):
-    dataset_dir = "imagenet-rendition"
-    image_subdir = "imagenet-r"
-    tpt_dir = "imagenet-r"
-    contents = ("imagenet-r/<wnid>/<name>.jpg  (200 class folders; README.txt is skipped)",
-                "classnames.txt  (ImageNet's, 1000 lines)")
-    tpt_contents = ("<wnid>/<name>.jpg  (200 class folders)",
-                    "classnames.txt  (optional: without it the bundled names, ordered by ImageNet/val's 1000 folders)")
+sys.modules[__name__] = vlprompt.datasets.imagenet_r

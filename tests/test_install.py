@@ -41,8 +41,27 @@ def test_trainers_and_datasets_ship_inside_vlprompt_only(monkeypatch):
     top_level = {name.split(".")[0] for name in kwargs["packages"]}
     assert top_level == {"vlprompt"}  # never a top-level `datasets` (Hugging Face) or `trainers`
     assert {"vlprompt.trainers", "vlprompt.datasets"} <= set(kwargs["packages"])
-    assert kwargs["package_dir"] == {"vlprompt.trainers": "trainers", "vlprompt.datasets": "datasets",
-                                     "vlprompt.configs": "configs"}
+    assert kwargs["package_dir"] == {"vlprompt.configs": "configs"}  # trainers/datasets are real subpackages
+
+
+def test_one_identity_under_either_name():
+    """A CoOp user's ``import trainers.coop`` beside ``vlprompt.trainers.coop`` registers nothing twice."""
+    code = (
+        "import vlprompt.trainers.coop as real\n"
+        "import trainers.coop as repo\n"
+        "import datasets.oxford_pets, vlprompt.datasets.oxford_pets\n"
+        "from trainers import coop\n"
+        "from vlprompt.engine.registry import TRAINER_REGISTRY\n"
+        "assert repo is real and coop is real and repo.CoOp is TRAINER_REGISTRY.get('CoOp')\n"
+        "assert datasets.oxford_pets is vlprompt.datasets.oxford_pets\n"
+        "assert real.__file__.endswith('vlprompt/trainers/coop.py')\n"
+        "print('ok')\n"
+    )
+    for first in ("import trainers.coop\n", ""):  # the top-level name imported first, or second
+        script = "import sys; sys.path.insert(0, sys.argv[1])\n" + first + code
+        result = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True,
+                                text=True, cwd=REPO_ROOT / "tests", timeout=120)
+        assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_configs_and_commands_are_part_of_the_package(monkeypatch):

@@ -1,3 +1,8 @@
-"""Registered trainers; importing this package registers every method and its config keys."""
+"""The repository's ``trainers/`` folder, as in every Dassl plugin; the code lives in ``vlprompt.trainers``.
 
-from vlprompt.trainers import cocoop, coop, genpt, linear_probe, tpt, zsclip  # noqa: F401
+Each module here stands for its namesake in ``vlprompt.trainers``: ``import trainers.<module>`` gives the very
+module object of ``vlprompt.trainers.<module>`` (one identity per class, so nothing registers twice and
+``isinstance`` agrees under either name).
+"""
+
+from vlprompt.trainers import *
