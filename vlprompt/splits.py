@@ -47,7 +47,7 @@ def dataset_root(cfg) -> str:
 def listdir_nohidden(path: str, sort: bool = True) -> list[str]:
     """Entries of ``path`` not starting with a dot, sorted by default."""
     if not osp.isdir(path):
-        raise FileNotFoundError(f'Folder not found: "{path}"')
+        raise UserFileNotFoundError(f'Folder not found: "{path}"')
     items = [name for name in os.listdir(path) if not name.startswith(".")]
     return sorted(items) if sort else items
 

@@ -35,7 +35,7 @@ from vlprompt.engine import distributed
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.registry import DATASET_REGISTRY
-from vlprompt.errors import UserError, UserValueError
+from vlprompt.errors import UnsupportedSettingError, UserError, UserValueError
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def subsample_classes(*args: list, subsample: str = "all"):
     ``"all"`` returns the inputs unchanged (as a tuple).
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(
+        raise UserValueError(
             f'DATASET.SUBSAMPLE_CLASSES is "{subsample}"; it must be one of {", ".join(SUBSAMPLE_CHOICES)}'
         )
     if subsample == "all":
@@ -320,16 +320,16 @@ class DatasetBase:
 
     def check_input_domains(self, source_domains: Sequence[str], target_domains: Sequence[str]) -> None:
         if not source_domains:
-            raise ValueError("DATASET.SOURCE_DOMAINS is empty; name at least one of " + str(self.domains))
+            raise UserValueError("DATASET.SOURCE_DOMAINS is empty; name at least one of " + str(self.domains))
         if not target_domains:
-            raise ValueError("DATASET.TARGET_DOMAINS is empty; name at least one of " + str(self.domains))
+            raise UserValueError("DATASET.TARGET_DOMAINS is empty; name at least one of " + str(self.domains))
         self.is_input_domain_valid(source_domains)
         self.is_input_domain_valid(target_domains)
 
     def is_input_domain_valid(self, input_domains: Sequence[str]) -> None:
         for domain in input_domains:
             if domain not in self.domains:
-                raise ValueError(f"Input domain must belong to {self.domains}, but got [{domain}]")
+                raise UserValueError(f"Input domain must belong to {self.domains}, but got [{domain}]")
 
     # Dassl exposes these as methods; CoOp calls subsample_classes as a static method of its datasets.
     split_dataset_by_label = staticmethod(split_dataset_by_label)
@@ -649,7 +649,7 @@ def interpolation_mode(name: str):
         "nearest": InterpolationMode.NEAREST,
     }
     if name not in modes:
-        raise ValueError(f'INPUT.INTERPOLATION is "{name}"; use one of {", ".join(INTERPOLATION_NAMES)}')
+        raise UserValueError(f'INPUT.INTERPOLATION is "{name}"; use one of {", ".join(INTERPOLATION_NAMES)}')
     return modes[name]
 
 
@@ -723,9 +723,9 @@ class GaussianNoise:
 def _check_choices(choices: Sequence[str]) -> None:
     for choice in choices:
         if choice not in TRANSFORM_CHOICES:
-            raise ValueError(f'INPUT.TRANSFORMS has unknown "{choice}"; valid: {", ".join(TRANSFORM_CHOICES)}')
+            raise UserValueError(f'INPUT.TRANSFORMS has unknown "{choice}"; valid: {", ".join(TRANSFORM_CHOICES)}')
         if choice in UNSUPPORTED_TRANSFORMS:
-            raise NotImplementedError(
+            raise UnsupportedSettingError(
                 f'INPUT.TRANSFORMS "{choice}" (an AutoAugment/RandAugment policy) is not implemented by the '
                 "built-in engine; remove it or pass a custom transform to DataManager"
             )
@@ -904,7 +904,7 @@ class DatasetWrapper(TorchDataset):
         # One shared flag per item (inherited by fork, passed along by spawn) so workers' skips add up.
         self._skip_flags = multiprocessing.RawArray("b", len(data_source)) if self.skip_corrupt else None
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(
+            raise UserValueError(
                 f"DATALOADER.K_TRANSFORMS is {self.k_tfm} but there is no transform to augment with "
                 "(INPUT.NO_TRANSFORM is set?)"
             )
@@ -1005,11 +1005,11 @@ def build_sampler(sampler_type: str, data_source: Sequence):
     if sampler_type == "SequentialSampler":
         return SequentialSampler(data_source)
     if sampler_type in DASSL_ONLY_SAMPLERS:
-        raise NotImplementedError(
+        raise UnsupportedSettingError(
             f'Sampler "{sampler_type}" (domain/class-balanced, from Dassl) is not implemented by the built-in '
             f"engine; use one of {', '.join(SAMPLER_NAMES)} or run with VLPROMPT_ENGINE=dassl"
         )
-    raise ValueError(f'Unknown sampler type "{sampler_type}"; use one of {", ".join(SAMPLER_NAMES)}')
+    raise UserValueError(f'Unknown sampler type "{sampler_type}"; use one of {", ".join(SAMPLER_NAMES)}')
 
 
 def build_data_loader(
@@ -1054,7 +1054,7 @@ def _distributed_sampler(cfg, sampler_type: str, wrapper, batch_size: int):
     """
     world = distributed.world_size()
     if batch_size % world:
-        raise ValueError(
+        raise UserValueError(
             f"DATALOADER.TRAIN_X.BATCH_SIZE {batch_size} is the global batch and must divide evenly across "
             f"{world} processes; use a multiple of {world}"
         )
@@ -1068,7 +1068,7 @@ def _distributed_sampler(cfg, sampler_type: str, wrapper, batch_size: int):
 def build_dataset(cfg, registry=DATASET_REGISTRY) -> DatasetBase:
     """The dataset registered as ``DATASET.NAME`` in ``registry``, built from ``cfg``."""
     if not cfg.DATASET.NAME:
-        raise ValueError("DATASET.NAME is empty; pass --dataset-config-file configs/datasets/<name>.yaml")
+        raise UserValueError("DATASET.NAME is empty; pass --dataset-config-file configs/datasets/<name>.yaml")
     # Importing the bundled datasets registers them; a plugin's own datasets register on import too.
     import vlprompt.datasets  # noqa: F401
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vlprompt.engine.registry import Registry
+from vlprompt.errors import UserValueError
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 
@@ -190,7 +191,7 @@ def build_evaluator(cfg: Any, **kwargs: Any) -> EvaluatorBase:
     """Build the evaluator named by ``cfg.TEST.EVALUATOR``; kwargs (e.g. ``lab2cname``) go to it."""
     name = cfg.TEST.EVALUATOR
     if name not in EVALUATOR_REGISTRY:
-        raise ValueError(f"TEST.EVALUATOR: {EVALUATOR_REGISTRY.unknown_message(name)}")
+        raise UserValueError(f"TEST.EVALUATOR: {EVALUATOR_REGISTRY.unknown_message(name)}")
     if cfg.get("VERBOSE", True):
         print(f"Loading evaluator: {name}")
     return EVALUATOR_REGISTRY.get(name)(cfg, **kwargs)
