@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import threading
 import types
 import warnings
@@ -36,7 +35,7 @@ from torch import nn
 
 import vlprompt  # noqa: F401 - installs the torchvision shim that ``import clip`` needs on CPU torch
 from vlprompt.errors import UserError
-from vlprompt.io import CheckpointError, UnsafeCheckpointError, file_sha256, load_weights_file
+from vlprompt.io import CheckpointError, UnsafeCheckpointError, atomic_target, file_sha256, load_weights_file
 
 CLIP_DIR_ENV = "VLPROMPT_CLIP_DIR"
 OFFLINE_ENV = "VLPROMPT_OFFLINE"
@@ -206,24 +205,18 @@ def _resolve_model_name(name: str, url: str) -> Path:
         )
 
     expected_sha256 = url.split("/")[-2]
-    temp_path = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # A temp file in the same folder, then os.replace: an interrupted download never leaves a
-        # truncated file under the real name, which would later be trusted as complete.
-        handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
-        os.close(handle)
-        temp_path = Path(temp_name)
-        _download_file(url, temp_path)
-        actual_sha256 = file_sha256(temp_path)
-        if actual_sha256 != expected_sha256:
-            raise ClipWeightsNotFoundError(
-                f"{looked_for} It was downloaded from {url}, but its SHA256 {actual_sha256} does not match "
-                f"the expected {expected_sha256} (a corrupted or intercepted download); nothing was kept. "
-                + _how_to_provide(name, filename, folder, url)
-            )
-        os.replace(temp_path, target)
-        temp_path = None
+        # Written beside the target and renamed only once complete and checked: an interrupted or
+        # tampered download never leaves a file under the real name, which would later be trusted.
+        with atomic_target(target) as temp_path:
+            _download_file(url, Path(temp_path))
+            actual_sha256 = file_sha256(temp_path)
+            if actual_sha256 != expected_sha256:
+                raise ClipWeightsNotFoundError(
+                    f"{looked_for} It was downloaded from {url}, but its SHA256 {actual_sha256} does not match "
+                    f"the expected {expected_sha256} (a corrupted or intercepted download); nothing was kept. "
+                    + _how_to_provide(name, filename, folder, url)
+                )
     except ClipWeightsNotFoundError:
         raise
     except Exception as err:  # network, HTTP, disk or permission errors: all mean "no weights"
@@ -231,9 +224,6 @@ def _resolve_model_name(name: str, url: str) -> Path:
             f"{looked_for} Downloading it from {url} failed: {type(err).__name__}: {err}. "
             + _how_to_provide(name, filename, folder, url)
         ) from err
-    finally:
-        if temp_path is not None:
-            temp_path.unlink(missing_ok=True)
     return target
 
 

@@ -8,7 +8,6 @@ else is shrunk. Weights are random but deterministic per seed.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from vlprompt.clip_backbone import import_clip
+from vlprompt.io import atomic_target
 
 # clip.model.CLIP keyword arguments. build_model infers heads as width // 64 (vision: width // 64 for a ViT,
 # width * 32 // 64 for the ResNet's attention pool), so widths of 64 mean one head and the rebuilt model
@@ -100,16 +100,11 @@ def save_tiny_clip(
         clip.model.convert_weights(model)
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    try:
+    with atomic_target(path) as temp_name:
         if fmt == "state_dict":
             torch.save(model.state_dict(), temp_name)
         else:
             _trace(model, clip).save(temp_name)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
     return path
 
 
