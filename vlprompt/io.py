@@ -32,7 +32,7 @@ import types
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from io import BytesIO
@@ -59,6 +59,7 @@ __all__ = [
     "load_torch_file",
     "load_weights_file",
     "read_torchscript_state_dict",
+    "strip_module_prefix",
     "trust_requested",
 ]
 
@@ -227,6 +228,12 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
                 handle.write(chunk)
 
     atomic_write(dst, copy)
+
+
+def strip_module_prefix(state_dict: Mapping[str, Any]) -> OrderedDict:
+    """``state_dict`` with the ``module.`` prefix that (Distributed)DataParallel adds removed from its keys
+    (checkpoints store bare names; every reader of a state dict goes through this)."""
+    return OrderedDict((str(k).removeprefix("module."), v) for k, v in state_dict.items())
 
 
 # ---------------------------------------------------------------------------------------------- common

@@ -36,6 +36,7 @@ from vlprompt.io import (
     atomic_write_bytes,
     atomic_write_text,
     load_torch_file,
+    strip_module_prefix,
 )
 
 __all__ = [
@@ -153,10 +154,7 @@ def save_checkpoint(
     if remove_module_from_keys:
         if "state_dict" not in state:
             raise KeyError(f"save_checkpoint: state has no 'state_dict' key (keys: {sorted(state)})")
-        # (Distributed)DataParallel prefixes every name with "module."; checkpoints store bare names.
-        state["state_dict"] = OrderedDict(
-            (key.removeprefix("module."), value) for key, value in state["state_dict"].items()
-        )
+        state["state_dict"] = strip_module_prefix(state["state_dict"])
     check_weights_only_loadable(state)
 
     if not model_name:

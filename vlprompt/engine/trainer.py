@@ -41,6 +41,7 @@ from vlprompt.engine.progress import track
 from vlprompt.engine.registry import TRAINER_REGISTRY
 from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
 from vlprompt.errors import UserError, UserFileNotFoundError, write_error
+from vlprompt.io import strip_module_prefix
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -76,11 +77,6 @@ def resolve_device(cfg) -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
-
-
-def strip_module_prefix(state_dict: dict) -> OrderedDict:
-    """Drop the ``module.`` prefix that (Distributed)DataParallel adds to parameter names."""
-    return OrderedDict((k.removeprefix("module."), v) for k, v in state_dict.items())
 
 
 class TrainerBase:

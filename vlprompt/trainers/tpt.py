@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import io
 import json
 import os
 import os.path as osp
@@ -29,7 +28,6 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode as CN
 
@@ -40,10 +38,9 @@ from vlprompt.engine.data import DataManager
 from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.progress import track
 from vlprompt.errors import UserKeyError, UserValueError
-from vlprompt.prompt_trainer import clip_fingerprint_extras, load_prompt_state
-from vlprompt.prompts import CLASS_TOKEN_POSITIONS, PromptLearner
+from vlprompt.prompt_trainer import clip_fingerprint_extras
+from vlprompt.prompts import CLASS_TOKEN_POSITIONS
 from vlprompt.text_encoder import PromptTextEncoder
-from vlprompt.trainers.cocoop import ConditionalPromptLearner
 from vlprompt.tta.data import TPTViewDataset, collate_views, device_views
 from vlprompt.tta.records import (
     PREDICTIONS_DIR,
@@ -60,8 +57,6 @@ from vlprompt.tta.sources import (
     ContextSource,
     WordsContext,
     context_from_checkpoint,
-    register_checkpoint_kind,
-    tensor_fingerprint,
 )
 from vlprompt.tta.tuner import PromptTuner, TPTSettings, encode_views, normalize
 from vlprompt.tta.views import AUG_CHOICES, ViewMaker, resolve_aug
@@ -97,48 +92,6 @@ def add_tpt_keys(cfg) -> None:
     cfg.TRAINER.TPT.SHARD = ""  # "i/n": evaluate the i-th of n parts (else $VLPROMPT_TPT_SHARD)
     cfg.TRAINER.TPT.TEST_SETS = ""  # "/"-separated datasets (names or reference ids); "" = DATASET.NAME
     cfg.TRAINER.TPT.PRINT_FREQ = 200
-
-
-# ------------------------------------------------------------------------------------------- CoCoOp init
-class CoCoOpContext(ContextSource):
-    """TPT+CoCoOp: each image starts from the context CoCoOp's meta-net makes for its original view."""
-
-    kind = "cocoop"
-    shared = False
-
-    def __init__(self, state: dict, source: str, raw_feature: bool = False) -> None:
-        self.state = OrderedDict((k, v.detach().float().cpu()) for k, v in state.items())
-        self.source = source
-        self.raw_feature = raw_feature
-
-    def learner(self, classnames, clip_model: nn.Module) -> PromptLearner:
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
-            learner = ConditionalPromptLearner(list(classnames), clip_model, n_ctx=self.state["ctx"].shape[0],
-                                               ctx_init="")
-        load_prompt_state(learner, self.state, self.source)
-        return learner
-
-    def initial_context(self, learner: PromptLearner, features: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return learner.conditional_context(features if self.raw_feature else normalize(features))
-
-    def describe(self) -> str:
-        return f'CoCoOp context and meta-net from "{self.source}" ({self.state["ctx"].shape[0]} tokens)'
-
-    def fingerprint(self) -> str:
-        return f"cocoop:{tensor_fingerprint(*self.state.values())}|raw={self.raw_feature}"
-
-
-def _is_cocoop(keys: set[str]) -> bool:
-    rest = keys - {"ctx"}
-    return "ctx" in keys and bool(rest) and all(key.startswith("meta_net.") for key in rest)
-
-
-def _cocoop_context(state: dict, source: str, tpt_cfg) -> ContextSource:
-    return CoCoOpContext(state, source, raw_feature=bool(getattr(tpt_cfg, "COCOOP_RAW_FEATURE", False)))
-
-
-register_checkpoint_kind("cocoop", "ctx + meta_net.*", _is_cocoop, _cocoop_context)
 
 
 # ---------------------------------------------------------------------------------------------- trainer
