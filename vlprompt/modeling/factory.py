@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlprompt.engine.config import register_cfg_extension
 from vlprompt.errors import UserValueError
 from vlprompt.io import file_sha256
 from vlprompt.modeling.backbones.base import (
@@ -35,6 +36,13 @@ from vlprompt.modeling.backbones.base import (
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 CLIP_CACHE_SIZE = 2  # models kept by load_clip_cached; real CLIPs are 0.3-1.7 GB each
+
+
+@register_cfg_extension
+def add_backbone_keys(cfg) -> None:
+    """``MODEL.BACKBONE.WEIGHTS``: a local weights file for a backbone name that names only an architecture
+    (``open_clip:ViT-B-16``); not a Dassl key, so added like a method's keys."""
+    cfg.MODEL.BACKBONE.WEIGHTS = ""
 
 
 def backbone_of(cfg_or_name) -> tuple[str, str]:

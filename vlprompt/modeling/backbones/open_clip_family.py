@@ -18,6 +18,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -165,6 +166,24 @@ def load_open_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+class _NoRandomInitNote(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" note: vlprompt loads the weights itself, next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def create_architecture(model_name: str) -> nn.Module:
+    """open_clip's model ``model_name`` with random weights (from its config; nothing is downloaded)."""
+    open_clip = import_open_clip()
+    quiet = _NoRandomInitNote()
+    logging.getLogger().addFilter(quiet)  # open_clip notes it on the root logger
+    try:
+        return open_clip.create_model(model_name, pretrained=None, device="cpu")
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def _refusal(model: nn.Module, name: str) -> str | None:
     """Why prompt learning cannot run on ``model``, or None when it can."""
     open_clip = import_open_clip()
@@ -281,7 +300,7 @@ class OpenClipFamily(BackboneFamily):
         open_clip = import_open_clip()
         model_name, tag = parse_name(backbone)
         state = load_open_clip_state_dict(path)
-        model = open_clip.create_model(model_name, pretrained=None, device="cpu")
+        model = create_architecture(model_name)
         reason = _refusal(model, model_name)
         if reason is not None:
             raise UnsupportedBackboneError(f'MODEL.BACKBONE.NAME "{backbone}" cannot be used: {reason}. README '
