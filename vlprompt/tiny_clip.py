@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlprompt.clip_backbone import import_clip
 from vlprompt.io import atomic_save, atomic_target
+from vlprompt.modeling.backbones.openai import import_clip
 
 # clip.model.CLIP keyword arguments. build_model infers heads as width // 64 (vision: width // 64 for a ViT,
 # width * 32 // 64 for the ResNet's attention pool), so widths of 64 mean one head and the rebuilt model

@@ -79,6 +79,19 @@ def resolve_device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
+def adopt_data_manager(trainer: Any, dm: Any) -> None:
+    """Give ``trainer`` the attributes Dassl's ``build_data_loader`` sets from a data manager (its loaders,
+    class count and names, ``dm``); works with Dassl's data manager as well as ours."""
+    trainer.train_loader_x = dm.train_loader_x
+    trainer.train_loader_u = dm.train_loader_u
+    trainer.val_loader = dm.val_loader
+    trainer.test_loader = dm.test_loader
+    trainer.num_classes = dm.num_classes
+    trainer.num_source_domains = dm.num_source_domains
+    trainer.lab2cname = dm.lab2cname
+    trainer.dm = dm
+
+
 class TrainerBase:
     """Registered models with their optimisers and schedulers, and the epoch loop around them."""
 
@@ -414,15 +427,7 @@ class SimpleTrainer(TrainerBase):
         """Validate method-specific config values (optional override)."""
 
     def build_data_loader(self) -> None:
-        dm = DataManager(self.cfg)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        adopt_data_manager(self, DataManager(self.cfg))
 
     def wrap_distributed(self) -> None:
         """Under torchrun, wrap ``self.model`` in DistributedDataParallel so gradients are averaged."""

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from vlprompt.compat import DATASET_REGISTRY, DataManager
 from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.progress import track
+from vlprompt.engine.trainer import adopt_data_manager
 from vlprompt.errors import UserKeyError, UserValueError
 from vlprompt.modeling import weights_fingerprint_extras
 from vlprompt.prompt_trainer import ClipTrainer
@@ -54,7 +55,7 @@ from vlprompt.tta.records import (
 from vlprompt.tta.tuner import encode_views
 from vlprompt.tta.views import AUG_CHOICES, ViewMaker, resolve_aug
 
-PRECISIONS = ("amp", "fp32")
+TEST_TIME_PRECISIONS = ("amp", "fp32")  # what a test-time method runs in (fp16 autocast on CUDA, or fp32)
 # The reference's --test_sets ids → dataset names registered here (single letters are case-sensitive).
 REFERENCE_SET_IDS = {
     "I": "ImageNet", "A": "ImageNetA", "V": "ImageNetV2", "R": "ImageNetR", "K": "ImageNetSketch",
@@ -145,8 +146,8 @@ class TestTimeTrainer(ClipTrainer):
             problems.append(f"N_VIEWS is {node.N_VIEWS}; it counts the original view, so use >= 1")
         if node.BATCH_IMAGES < 1:
             problems.append(f"BATCH_IMAGES is {node.BATCH_IMAGES}; use >= 1")
-        if node.PREC not in PRECISIONS:
-            problems.append(f'PREC is "{node.PREC}"; use one of {", ".join(PRECISIONS)}')
+        if node.PREC not in TEST_TIME_PRECISIONS:
+            problems.append(f'PREC is "{node.PREC}"; use one of {", ".join(TEST_TIME_PRECISIONS)}')
         if node.AUG not in AUG_CHOICES:
             problems.append(f'AUG is "{node.AUG}"; use one of {", ".join(AUG_CHOICES)}')
         problems[1:1] = self.method_problems(node)  # in the order the keys are listed
@@ -183,14 +184,7 @@ class TestTimeTrainer(ClipTrainer):
 
     def _use_set(self, set_name: str):
         dm = self._data_manager(set_name)
-        self.dm = dm
-        self.num_classes = dm.num_classes
-        self.lab2cname = dm.lab2cname
-        self.test_loader = dm.test_loader
-        self.val_loader = dm.val_loader
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.num_source_domains = dm.num_source_domains
+        adopt_data_manager(self, dm)
         return dm
 
     # ----------------------------------------------------------------------------------------- model

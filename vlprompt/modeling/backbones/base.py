@@ -23,6 +23,11 @@ from torch import nn
 
 from vlprompt.io import strip_module_prefix
 
+__all__ = [
+    "BUNDLED_FAMILIES", "FAMILIES", "BackboneFamily", "BlockParts", "ClipAdapter", "EotRule", "Preprocess",
+    "Tokenizer", "WeightsInfo", "adapter_for", "family_for_name", "loaded_weights", "register_family",
+]
+
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -160,12 +165,6 @@ class ClipAdapter:
         """The text transformer's blocks in pieces (for running them on a truncated or shared sequence)."""
         return [BlockParts(b.ln_1, b.attn, b.ln_2, b.mlp, getattr(b, "ls_1", None), getattr(b, "ls_2", None))
                 for b in self.transformer.resblocks]
-
-    def project_text(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and projection of end-of-text hidden states ``(..., D)`` → text features ``(..., E)``."""
-        x = self.ln_final(x).to(self.positional_embedding.dtype)
-        projection = self.text_projection
-        return projection(x) if isinstance(projection, nn.Module) else x @ projection
 
     def half(self) -> None:
         """Put the weights in the half precision the family ships (a no-op where they already are)."""
