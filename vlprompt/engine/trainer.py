@@ -41,6 +41,7 @@ from vlprompt.engine.progress import track
 from vlprompt.engine.registry import TRAINER_REGISTRY
 from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
 from vlprompt.errors import UserError, UserFileNotFoundError, write_error
+from vlprompt.io import strip_module_prefix
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -78,9 +79,17 @@ def resolve_device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
-def strip_module_prefix(state_dict: dict) -> OrderedDict:
-    """Drop the ``module.`` prefix that (Distributed)DataParallel adds to parameter names."""
-    return OrderedDict((k.removeprefix("module."), v) for k, v in state_dict.items())
+def adopt_data_manager(trainer: Any, dm: Any) -> None:
+    """Give ``trainer`` the attributes Dassl's ``build_data_loader`` sets from a data manager (its loaders,
+    class count and names, ``dm``); works with Dassl's data manager as well as ours."""
+    trainer.train_loader_x = dm.train_loader_x
+    trainer.train_loader_u = dm.train_loader_u
+    trainer.val_loader = dm.val_loader
+    trainer.test_loader = dm.test_loader
+    trainer.num_classes = dm.num_classes
+    trainer.num_source_domains = dm.num_source_domains
+    trainer.lab2cname = dm.lab2cname
+    trainer.dm = dm
 
 
 class TrainerBase:
@@ -418,15 +427,7 @@ class SimpleTrainer(TrainerBase):
         """Validate method-specific config values (optional override)."""
 
     def build_data_loader(self) -> None:
-        dm = DataManager(self.cfg)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        adopt_data_manager(self, DataManager(self.cfg))
 
     def wrap_distributed(self) -> None:
         """Under torchrun, wrap ``self.model`` in DistributedDataParallel so gradients are averaged."""

@@ -27,11 +27,13 @@ from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.distributed import unwrap_model
 from vlprompt.engine.metrics import compute_accuracy
 from vlprompt.errors import UserValueError
-from vlprompt.prompt_trainer import PROMPT_LEARNER, PromptLearningTrainer
-from vlprompt.prompts import build_text_classifier
+from vlprompt.modeling import build_text_classifier
+from vlprompt.modeling.prompt_checkpoints import PROMPT_LEARNER, register_checkpoint_kind
+from vlprompt.modeling.prompt_clip import PromptCLIP
+from vlprompt.modeling.prompts import learner_from_config
+from vlprompt.prompt_trainer import PromptLearningTrainer
 from vlprompt.templates import dataset_template, ensemble_templates
-from vlprompt.trainers.coop import CoOpCLIP
-from vlprompt.tta.sources import LearnedContext, register_checkpoint_kind
+from vlprompt.tta.sources import LearnedContext
 
 TEMPLATE_SETS = ("dataset", "ensemble", "custom")
 AUG_MODES = ("intra_class_mixup", "inter_class_mixup", "pixel_mixup", "none")
@@ -120,18 +122,14 @@ def hand_crafted_templates(genpt_cfg, dataset_name: str) -> list[str]:
     return templates
 
 
-class GenPTCLIP(CoOpCLIP):
+class GenPTCLIP(PromptCLIP):
     """CoOp's model plus the frozen hand-crafted view ``hand_features`` ``(C, D)`` and fused prediction."""
 
     def __init__(self, classnames: list[str], clip_model: nn.Module, genpt_cfg, templates: list[str]) -> None:
-        super().__init__(classnames, clip_model, genpt_cfg)
+        super().__init__(learner_from_config(classnames, clip_model, genpt_cfg), clip_model)
         self.register_buffer("hand_features", build_text_classifier(clip_model, classnames, templates),
                              persistent=False)
         self.fusion_alpha = float(genpt_cfg.FUSION_ALPHA)
-
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        features = self.image_encoder(image.type(self.dtype))
-        return features / features.norm(dim=-1, keepdim=True)
 
     def forward(self, image_features: torch.Tensor, *extra_features: torch.Tensor):
         """Soft-view logits for ``image_features`` and for each extra feature batch, and the soft text

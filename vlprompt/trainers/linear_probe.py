@@ -23,12 +23,10 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from vlprompt.clip_backbone import apply_precision, load_clip
-from vlprompt.compat import TRAINER_REGISTRY, TrainerX
+from vlprompt.compat import TRAINER_REGISTRY, build_data_loader, build_transform
 from vlprompt.engine.config import register_cfg_extension
-from vlprompt.engine.data import build_data_loader
 from vlprompt.errors import UserValueError
-from vlprompt.prompt_trainer import clip_fingerprint_extras
+from vlprompt.prompt_trainer import ClipTrainer
 
 COARSE_SEARCH = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 HEAD = "linear_probe"
@@ -131,7 +129,7 @@ def search_regularization(train_x: np.ndarray, train_y: np.ndarray, val_x: np.nd
 
 
 @TRAINER_REGISTRY.register()
-class LinearProbeCLIP(TrainerX):
+class LinearProbeCLIP(ClipTrainer):
     """Frozen CLIP image encoder + a logistic-regression head; "training" fits the head once."""
 
     CONFIG_SECTION = "LINEAR_PROBE"  # its keys (vlprompt.engine.fingerprint.method_section)
@@ -143,18 +141,11 @@ class LinearProbeCLIP(TrainerX):
         if lp.NUM_STEP < 0:
             raise UserValueError(f"TRAINER.LINEAR_PROBE.NUM_STEP is {lp.NUM_STEP}; use 0 or more rounds")
 
-    def fingerprint_extras(self) -> dict:
-        return clip_fingerprint_extras(self.cfg)
-
     def build_model(self) -> None:
-        cfg = self.cfg
-        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         # As zero-shot CLIP: the released fp16 weights on a GPU, fp32 on a CPU (fp16 there is slow).
-        prec = "fp16" if self.device.type == "cuda" else "fp32"
-        clip_model, _ = apply_precision(load_clip(cfg.MODEL.BACKBONE.NAME, device=self.device), prec, self.device)
-        clip_model.requires_grad_(False)
-        self.clip_model = clip_model
-        dim = clip_model.visual.output_dim
+        clip = self.build_clip(self.inference_precision())
+        self.clip_model = clip.model
+        dim = clip.adapter.image_output_dim
         # float64 as sklearn computes, so the head's predictions are sklearn's to the last bit.
         self.head = nn.Linear(dim, self.num_classes, dtype=torch.float64, device=self.device)
         self.head.requires_grad_(False)
@@ -163,14 +154,18 @@ class LinearProbeCLIP(TrainerX):
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) CLIP image features, float32."""
-        return self.clip_model.encode_image(images.to(self.device, self.clip_model.dtype)).float()
+        adapter = self.clip.adapter
+        return adapter.encode_image(images.to(self.device, adapter.dtype)).float()
 
     @torch.no_grad()
     def extract(self, data_source: Sequence) -> tuple[np.ndarray, np.ndarray]:
-        """Features and labels of ``data_source`` through the test transform (no augmentation)."""
+        """Features and labels of ``data_source`` through the test transform (no augmentation); loaders
+        come from the selected engine (built-in or Dassl)."""
+        if getattr(self, "_tfm_test", None) is None:  # Dassl's data manager keeps no transforms
+            self._tfm_test = getattr(self.dm, "tfm_test", None) or build_transform(self.cfg, is_train=False)
         loader = build_data_loader(
             self.cfg, sampler_type="SequentialSampler", data_source=data_source,
-            batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE, tfm=self.dm.tfm_test, is_train=False,
+            batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE, tfm=self._tfm_test, is_train=False,
         )
         features, labels = [], []
         for batch in loader:
