@@ -31,15 +31,42 @@ COMMON = {"GenPT": [G + "PREC", "fp32", "OPTIM.MAX_EPOCH", "5"],
           "CoOp": ["TRAINER.COOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "5", "TRAINER.COOP.N_CTX", "4",
                    "TRAINER.COOP.CTX_INIT", "a photo of a"]}
 
-# name -> (trainer, GenPT keys beyond the shipped config, what it tests)
+
+def genpt(*opts: str) -> list[str]:
+    """``TRAINER.GENPT.<KEY> VALUE`` pairs from ``KEY VALUE`` pairs."""
+    return [G + item if i % 2 == 0 else item for i, item in enumerate(opts)]
+
+
+# name -> (trainer, options beyond the shipped config, what it tests). GenPT rows change one factor
+# of the shipped defaults (InfoNCE, cosine critic, LAMBDA_MI 10, MI_TAU 0.5, cross-class Mixup).
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "zero-shot": ("ZeroshotCLIP", [], 'zero-shot CLIP, "a photo of a {}."'),
-    "coop": ("CoOp", [], "CoOp with GenPT's settings (GenPT with both terms off)"),
+    "coop": ("CoOp", [], "CoOp with GenPT's settings (= GenPT with both terms off)"),
     "cocoop": ("CoCoOp", [], "CoCoOp, its shipped config (batch 1)"),
     "genpt": ("GenPT", [], "GenPT, shipped defaults"),
-    "genpt-v1": ("GenPT", [G + "MI_ESTIMATOR", "infonce", G + "MI_CRITIC", "cosine", G + "LAMBDA_MI_VISUAL", "0.0",
-                           G + "AUG_MODE", "intra_class_mixup", G + "FUSION_ALPHA", "1.0"],
-                 "GenPT as first built: InfoNCE, cosine critic, views only, intra-class Mixup"),
+    "genpt-first": ("GenPT", genpt("LAMBDA_MI", "1.0", "MI_TAU", "0.07", "AUG_MODE", "intra_class_mixup"),
+                    "GenPT as first built (LAMBDA_MI 1, MI_TAU 0.07, intra-class Mixup)"),
+    # the estimator and its critic
+    "jsd": ("GenPT", genpt("MI_ESTIMATOR", "jsd"), "Jensen-Shannon estimator"),
+    "dv": ("GenPT", genpt("MI_ESTIMATOR", "dv"), "Donsker-Varadhan (MINE) estimator"),
+    "infonce-learned": ("GenPT", genpt("MI_CRITIC", "learned"), "InfoNCE, learned critic"),
+    "jsd-learned": ("GenPT", genpt("MI_ESTIMATOR", "jsd", "MI_CRITIC", "learned"), "JSD, learned critic"),
+    "dv-learned": ("GenPT", genpt("MI_ESTIMATOR", "dv", "MI_CRITIC", "learned"), "DV (MINE), learned critic"),
+    "visual": ("GenPT", genpt("LAMBDA_MI_VISUAL", "1.0"), "plus I(mixed image; soft text), cosine critic"),
+    "visual-learned": ("GenPT", genpt("LAMBDA_MI_VISUAL", "1.0", "MI_CRITIC", "learned"),
+                       "plus I(mixed image; soft text), learned critics"),
+    # the augmentation
+    "intra-class": ("GenPT", genpt("AUG_MODE", "intra_class_mixup"), "Mixup within a class"),
+    "inter-class": ("GenPT", genpt("AUG_MODE", "inter_class_mixup"), "Mixup across the batch (Zhang et al.)"),
+    "pixel": ("GenPT", genpt("AUG_MODE", "pixel_mixup"), "Mixup of same-class images"),
+    "no-aug": ("GenPT", genpt("AUG_MODE", "none"), "no augmentation term"),
+    # the MI term's weight and temperature
+    "no-mi": ("GenPT", genpt("LAMBDA_MI", "0.0"), "no MI term (Mixup only)"),
+    "mi-first": ("GenPT", genpt("LAMBDA_MI", "1.0", "MI_TAU", "0.07"), "the first MI weight and temperature"),
+    "lambda-5": ("GenPT", genpt("LAMBDA_MI", "5.0"), "LAMBDA_MI 5"),
+    "lambda-20": ("GenPT", genpt("LAMBDA_MI", "20.0"), "LAMBDA_MI 20"),
+    "tau-0.2": ("GenPT", genpt("MI_TAU", "0.2"), "MI_TAU 0.2"),
+    "tau-1": ("GenPT", genpt("MI_TAU", "1.0"), "MI_TAU 1.0"),
 }
 
 
@@ -48,11 +75,17 @@ def variant_opts(name: str) -> tuple[str, list[str]]:
     return trainer, [*COMMON.get(trainer, []), *extra]
 
 
+def describe_variants() -> dict:
+    """Every variant's trainer, options and purpose (written beside the results)."""
+    return {name: dict(zip(("trainer", "options"), variant_opts(name)), about=VARIANTS[name][2]) for name in VARIANTS}
+
+
 def run_one(name: str, seed: int, data: str, workdir: str, threads: int) -> dict:
     """Train and test one variant for one seed; returns its base, new and harmonic-mean accuracy."""
     import torch
 
     from vlprompt import demo
+    from vlprompt.results import harmonic_mean
 
     torch.set_num_threads(threads)
     trainer, opts = variant_opts(name)
@@ -66,7 +99,7 @@ def run_one(name: str, seed: int, data: str, workdir: str, threads: int) -> dict
         config = demo.COCOOP_CFG if trainer == "CoCoOp" else demo.GENPT_CFG
         demo.base_to_new(ctx, trainer, config, opts)
     base, new = (run.accuracy for run in ctx.runs)
-    return {"variant": name, "seed": seed, "base": base, "new": new, "h": 2 * base * new / (base + new),
+    return {"variant": name, "seed": seed, "base": base, "new": new, "h": harmonic_mean(base, new),
             "seconds": round(time.time() - started, 1)}
 
 
@@ -88,7 +121,7 @@ def summarise(results: list[dict], names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="toyworld_ablation", help="toy world and run outputs go here")
+    parser.add_argument("--workdir", default="output/toyworld_ablation", help="toy world and run outputs go here")
     parser.add_argument("--out", default=None, help="results JSON (default: WORKDIR/results.json)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="NAME", help="default: all")
@@ -119,8 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results.append(result)
         print(f"  {result['variant']} seed {result['seed']}: base {result['base']:.2f} new {result['new']:.2f} "
               f"H {result['h']:.2f} [{result['seconds']:.0f} s]", flush=True)
-        atomic_write_text(out, json.dumps({"variants": {n: VARIANTS[n][2] for n in VARIANTS}, "runs": results},
-                                          indent=1))
+        atomic_write_text(out, json.dumps({"variants": describe_variants(), "runs": results}, indent=1))
 
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:

@@ -67,16 +67,17 @@ def add_genpt_keys(cfg) -> None:
     cfg.TRAINER.GENPT.PREC = "fp16"  # fp16, fp32, amp, bf16
     cfg.TRAINER.GENPT.TEMPLATE_SET = "dataset"  # dataset, ensemble or custom (TEMPLATES)
     cfg.TRAINER.GENPT.TEMPLATES = []  # template strings with "{}" for TEMPLATE_SET custom
-    cfg.TRAINER.GENPT.LAMBDA_MI = 1.0  # weight of the MI term between the soft and hand-crafted views
+    # Defaults chosen on the toy world's base-to-new ablation (README "GenPT"; scripts/genpt/toyworld_ablation.py)
+    cfg.TRAINER.GENPT.LAMBDA_MI = 10.0  # weight of the MI term between the soft and hand-crafted views
     cfg.TRAINER.GENPT.LAMBDA_MI_VISUAL = 0.0  # weight of the MI term between mixed image features and soft text
     cfg.TRAINER.GENPT.MI_ESTIMATOR = "infonce"  # infonce, jsd or dv (vlprompt/mutual_info.py)
     cfg.TRAINER.GENPT.MI_CRITIC = "cosine"  # cosine (fixed cos / MI_TAU) or learned (trained with the prompt)
     cfg.TRAINER.GENPT.MI_CRITIC_HIDDEN = 128  # hidden width of the learned critic's heads
     cfg.TRAINER.GENPT.MI_CRITIC_LR = 1e-3  # Adam learning rate of the learned critic
-    cfg.TRAINER.GENPT.MI_TAU = 0.07  # cosine critic temperature (the learned critic's starting one)
+    cfg.TRAINER.GENPT.MI_TAU = 0.5  # cosine critic temperature (the learned critic's starting one)
     cfg.TRAINER.GENPT.LAMBDA_AUG = 1.0  # weight of the class-wise augmentation term
     # intra_class_mixup, cross_class_mixup, inter_class_mixup, pixel_mixup or none (vlprompt/mixup.py)
-    cfg.TRAINER.GENPT.AUG_MODE = "intra_class_mixup"
+    cfg.TRAINER.GENPT.AUG_MODE = "cross_class_mixup"
     cfg.TRAINER.GENPT.AUG_ALPHA = 1.0  # mixing weight ~ Beta(AUG_ALPHA, AUG_ALPHA)
     cfg.TRAINER.GENPT.MEMORY_SIZE = 8  # features kept per class for intra-class partners
     cfg.TRAINER.GENPT.FUSION_ALPHA = 1.0  # prediction: alpha * soft + (1 - alpha) * hand-crafted logits
