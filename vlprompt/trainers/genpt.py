@@ -79,7 +79,7 @@ def add_genpt_keys(cfg) -> None:
     # intra_class_mixup, cross_class_mixup, inter_class_mixup, pixel_mixup or none (vlprompt/mixup.py)
     cfg.TRAINER.GENPT.AUG_MODE = "cross_class_mixup"
     cfg.TRAINER.GENPT.AUG_ALPHA = 1.0  # mixing weight ~ Beta(AUG_ALPHA, AUG_ALPHA)
-    cfg.TRAINER.GENPT.MEMORY_SIZE = 8  # features kept per class for intra-class partners
+    cfg.TRAINER.GENPT.MEMORY_SIZE = 8  # features kept per class for Mixup partners not in the batch
     cfg.TRAINER.GENPT.FUSION_ALPHA = 1.0  # prediction: alpha * soft + (1 - alpha) * hand-crafted logits
 
 
@@ -248,10 +248,10 @@ class GenPT(PromptLearningTrainer):
         """(mixed features, targets as (labels_a, labels_b, weight_a), mask) for the configured mode."""
         mode = self.method_cfg.AUG_MODE
         weights = self._mix_weights(len(labels)).to(features.device)
-        every = torch.ones(len(labels), dtype=torch.bool, device=features.device)
         if mode == "inter_class_mixup":
             perm = batch_permutation(len(labels), self.mix_generator).to(features.device)
             mixed = mix(features, features[perm], weights)
+            every = torch.ones(len(labels), dtype=torch.bool, device=features.device)
             return F.normalize(mixed, dim=-1), (labels, labels[perm], weights), every
         if mode == "cross_class_mixup":
             partners, partner_labels, mask = cross_class_partners(features, labels, self.memory, self.mix_generator)
