@@ -15,6 +15,7 @@ the pixel level. Checkpoints are CoOp's ``prompt_learner`` files plus a ``genpt`
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -34,6 +35,8 @@ from vlprompt.modeling.prompts import learner_from_config
 from vlprompt.prompt_trainer import PromptLearningTrainer
 from vlprompt.templates import dataset_template, ensemble_templates
 from vlprompt.tta.sources import LearnedContext
+
+log = logging.getLogger(__name__)
 
 TEMPLATE_SETS = ("dataset", "ensemble", "custom")
 AUG_MODES = ("intra_class_mixup", "inter_class_mixup", "pixel_mixup", "none")
@@ -170,7 +173,7 @@ class GenPT(PromptLearningTrainer):
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         templates = hand_crafted_templates(self.method_cfg, self.cfg.DATASET.NAME)
-        print(f"Hand-crafted view: {len(templates)} template(s), e.g. {templates[0]!r}")
+        log.info(f"Hand-crafted view: {len(templates)} template(s), e.g. {templates[0]!r}")
         return GenPTCLIP(classnames, clip_model, self.method_cfg, templates)
 
     def build_model(self) -> None:
