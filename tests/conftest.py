@@ -24,6 +24,15 @@ def _cache_outside_home(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture(autouse=True)
+def _library_lines_on_stdout():
+    """Every test sees the library's log lines as ``train.py`` shows them (the ``vlprompt`` loggers print
+    INFO to the live stdout), whatever ran before it; tests of the unconfigured default undo it."""
+    from vlprompt.engine.logging import setup_console_logging
+
+    setup_console_logging()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_files(tmp_path_factory) -> dict[str, Path]:
     """fp16 state-dict files of the two tiny CLIPs (a ViT and a ModifiedResNet), as OpenAI ships weights."""
