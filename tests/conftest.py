@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _library_lines_on_stdout():
     INFO to the live stdout), whatever ran before it; tests of the unconfigured default undo it."""
     from vlprompt.engine.logging import setup_console_logging
 
-    setup_console_logging()
+    setup_console_logging(logging.INFO)
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,23 @@ def test_the_library_prints_nothing_until_logging_is_configured(tmp_path):
     assert proc.stderr == "a warning\n"
 
 
+def test_a_level_given_to_the_vlprompt_logger_outlives_the_run_setup():
+    """From Python, ``logging.getLogger("vlprompt").setLevel(logging.WARNING)`` quiets the runs it starts
+    (each run calls setup_console_logging); a logger nobody set gets INFO, train.py's lines."""
+    from vlprompt.engine.logging import setup_console_logging
+
+    logger = logging.getLogger("vlprompt")
+    try:
+        logger.setLevel(logging.WARNING)
+        setup_console_logging()
+        assert logger.level == logging.WARNING
+        logger.setLevel(logging.NOTSET)
+        setup_console_logging()
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(logging.INFO)
+
+
 def test_quiet_console_keeps_every_line_in_the_run_log(tmp_path, capsys):
     from vlprompt.engine.progress import _BarAwareStdout
 

@@ -144,14 +144,18 @@ class _ConsoleFormatter(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"{record.levelname.capitalize()}: {message}"
 
 
-def setup_console_logging(level: int = logging.INFO) -> None:
-    """Send the ``vlprompt`` loggers (library, trainers, datasets) to the console and log file; once."""
+def setup_console_logging(level: int | None = None) -> None:
+    """Send the ``vlprompt`` loggers (library, trainers, datasets) to the console and log file; once.
+
+    Without ``level``, a level the caller already gave the ``vlprompt`` logger is kept (e.g. WARNING to
+    run quietly from Python), else INFO: every line train.py prints."""
     logger = logging.getLogger("vlprompt")
     if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
         handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(level)
+    if level is not None or logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO if level is None else level)
     logger.propagate = False
 
 
