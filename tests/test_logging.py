@@ -4,10 +4,12 @@ the library is silent until its user configures logging, and quieting is done wi
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,13 +110,26 @@ def test_a_level_given_to_the_vlprompt_logger_outlives_the_run_setup():
         logger.setLevel(logging.INFO)
 
 
-def test_quiet_console_keeps_every_line_in_the_run_log(tmp_path, capsys):
+@contextlib.contextmanager
+def run_log(folder: Path) -> Iterator[Path]:
+    """The console teed into ``folder/log.txt`` meanwhile, as during a run; yields the file."""
+    path = setup_logger(str(folder))
+    try:
+        yield Path(path)
+    finally:
+        teardown_logger()
+
+
+@pytest.mark.parametrize("quieting, in_file", [
+    (quiet_console, "an info line\nWarning: a warning\nwhile a bar is drawn\nloud again\n"),  # console only
+    (muted, "Warning: a warning\nloud again\n"),  # dropped everywhere
+])
+def test_quieting_hides_info_lines_but_never_warnings(tmp_path, capsys, quieting, in_file):
     from vlprompt.engine.progress import _BarAwareStdout
 
     log = logging.getLogger("vlprompt.example")
-    path = setup_logger(str(tmp_path))
-    try:
-        with quiet_console():
+    with run_log(tmp_path) as path:
+        with quieting():
             log.info("an info line")
             log.warning("a warning")
             sys.stdout = _BarAwareStdout(sys.stdout, bar=None)  # behind a progress bar the tee is still found
@@ -123,24 +138,8 @@ def test_quiet_console_keeps_every_line_in_the_run_log(tmp_path, capsys):
             finally:
                 sys.stdout = sys.stdout.stream
         log.info("loud again")
-    finally:
-        teardown_logger()
     assert capsys.readouterr().out == "Warning: a warning\nloud again\n"
-    assert Path(path).read_text() == "an info line\nWarning: a warning\nwhile a bar is drawn\nloud again\n"
-
-
-def test_muted_drops_info_lines_everywhere_but_keeps_warnings(tmp_path, capsys):
-    log = logging.getLogger("vlprompt.example")
-    path = setup_logger(str(tmp_path))
-    try:
-        with muted():
-            log.info("not shown")
-            log.warning("shown")
-        log.info("back")
-    finally:
-        teardown_logger()
-    assert capsys.readouterr().out == "Warning: shown\nback\n"
-    assert Path(path).read_text() == "Warning: shown\nback\n"
+    assert path.read_text() == in_file
 
 
 @pytest.mark.parametrize("quiet", [False, True])
@@ -165,19 +164,15 @@ def test_a_failed_log_write_raises_at_the_line_logged(tmp_path, monkeypatch, cap
     monkeypatch.setattr(engine_logging, "open", lambda *a, **k: FullAfterFirstLine(real_open(*a, **k)),
                         raising=False)
     log = logging.getLogger("vlprompt.example")
-    path = setup_logger(str(tmp_path))
-    try:
-        with quiet_console(logging.WARNING if quiet else logging.NOTSET):
-            log.info("first")
-            with pytest.raises(UserOSError, match=f"no space left writing {re.escape(path)}; the lines printed"):
-                log.info("second")
-            log.info("third")  # reported once; later lines still reach the console
-    finally:
-        teardown_logger()
+    with run_log(tmp_path) as path, quiet_console(logging.WARNING if quiet else logging.NOTSET):
+        log.info("first")
+        with pytest.raises(UserOSError, match=f"no space left writing {re.escape(str(path))}; the lines printed"):
+            log.info("second")
+        log.info("third")  # reported once; later lines still reach the console
     captured = capsys.readouterr()
     assert "Logging error" not in captured.err
     assert captured.out == ("" if quiet else "first\nsecond\nthird\n")
-    assert Path(path).read_text() == "first\n"
+    assert path.read_text() == "first\n"
 
 
 def test_the_demo_shows_one_line_per_run_while_log_txt_holds_everything(tmp_path, capsys):
