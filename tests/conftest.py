@@ -28,7 +28,7 @@ def _cache_outside_home(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _library_lines_on_stdout():
     """Every test sees the library's log lines as ``train.py`` shows them (the ``vlprompt`` loggers print
-    INFO to the live stdout), whatever ran before it; tests of the unconfigured default undo it."""
+    INFO to the live stdout), whatever ran before it; the unconfigured default is tested in a subprocess."""
     from vlprompt.engine.logging import setup_console_logging
 
     setup_console_logging(logging.INFO)
