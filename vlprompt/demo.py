@@ -99,6 +99,7 @@ class DemoContext:
               classes: str = "all", shots: int | None = None, flags: tuple[str, ...] = ()) -> DemoRun:
         """Run ``train.py`` with the demo's data, backbone and seed; records and returns the run."""
         from vlprompt.cli import main as train_main
+        from vlprompt.engine.logging import quiet_console
 
         args = [
             "--root", str(self.root), "--seed", str(self.seed), "--trainer", method,
@@ -109,7 +110,7 @@ class DemoContext:
         started = time.time()
         with contextlib.ExitStack() as quiet:  # the full output is in output_dir/log.txt either way
             if not self.verbose:
-                quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                quiet.enter_context(quiet_console())  # warnings still show
                 quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))  # progress bars
             trainer = train_main(args)
         run = DemoRun(method, dataset, classes, shots, float(trainer.test_results["accuracy"]), output_dir)

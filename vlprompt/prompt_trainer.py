@@ -13,6 +13,7 @@ the modeling wing and the engine, never each other.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os.path as osp
 import warnings
 
@@ -38,6 +39,8 @@ from vlprompt.modeling.prompt_checkpoints import (  # noqa: F401 - also known by
     load_prompt_state,
 )
 
+log = logging.getLogger(__name__)
+
 clip_fingerprint_extras = weights_fingerprint_extras  # the name trainers used before the modeling wing
 
 
@@ -55,7 +58,7 @@ class ClipTrainer(TrainerX):
         """Load ``MODEL.BACKBONE`` in ``precision`` (frozen), check ``INPUT.SIZE`` against its preprocessing;
         ``cached`` reuses (a copy of) a model loaded earlier in this process."""
         cfg = self.cfg
-        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        log.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         bundle = create_clip(cfg, self.device, precision, cached=cached)
         check_input_size(cfg, bundle.preprocess)
         self.clip = bundle
@@ -93,13 +96,13 @@ class PromptLearningTrainer(ClipTrainer):
             warnings.warn("PREC amp needs CUDA; training in fp32 on this device", stacklevel=2)
             self.prec = "fp32"
 
-        print("Building custom CLIP")
+        log.info("Building custom CLIP")
         self.model = self.build_custom_clip(classnames, clip_model)
-        print("Turning off gradients in both the image and the text encoder")
+        log.info("Turning off gradients in both the image and the text encoder")
         for name, param in self.model.named_parameters():
             param.requires_grad_(PROMPT_LEARNER in name)
         trainable = sorted(name for name, p in self.model.named_parameters() if p.requires_grad)
-        print(f"Parameters to be updated: {set(trainable)}")
+        log.info(f"Parameters to be updated: {set(trainable)}")
 
         if cfg.MODEL.INIT_WEIGHTS:
             checkpoint = load_checkpoint(cfg.MODEL.INIT_WEIGHTS)
@@ -135,7 +138,7 @@ class PromptLearningTrainer(ClipTrainer):
         """CoOp's eval-time loading: ``<directory>/prompt_learner/model.pth.tar-<epoch>`` (or model-best),
         with the class-set buffers dropped so the prompts are rebuilt for the current classes."""
         if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
+            log.info("Note that load_model() is skipped as no pretrained model is given")
             return
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
@@ -143,5 +146,5 @@ class PromptLearningTrainer(ClipTrainer):
             if not osp.exists(model_path):
                 raise UserFileNotFoundError(f'Model not found at "{model_path}"')
             checkpoint = load_checkpoint(model_path, map_location=self.device)
-            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            log.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             load_prompt_state(self._models[name], checkpoint["state_dict"], model_path)

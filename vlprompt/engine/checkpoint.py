@@ -16,6 +16,7 @@ things differ underneath:
 
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
 from collections import Counter, OrderedDict
@@ -38,6 +39,8 @@ from vlprompt.io import (
     load_torch_file,
     strip_module_prefix,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -166,7 +169,7 @@ def save_checkpoint(
     os.makedirs(save_dir, exist_ok=True)
     fpath = osp.join(save_dir, model_name)
     atomic_save(state, fpath)
-    print(f"Checkpoint saved to {fpath}")
+    log.info(f"Checkpoint saved to {fpath}")
 
     # Written after the checkpoint, so it never points at a file that is not complete yet.
     atomic_write_text(osp.join(save_dir, POINTER_FILE), f"{osp.basename(fpath)}\n")
@@ -174,7 +177,7 @@ def save_checkpoint(
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), BEST_FILE)
         atomic_copy(fpath, best_fpath)
-        print(f'Best checkpoint saved to "{best_fpath}"')
+        log.info(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
 
 

@@ -6,12 +6,15 @@ text width); the model passed in may be the model itself or its adapter."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from vlprompt.modeling.backbones.base import ClipAdapter, adapter_for
+
+log = logging.getLogger(__name__)
 
 
 def classname_text(classname: str) -> str:
@@ -62,7 +65,7 @@ def learner_from_config(classnames: Sequence[str], clip_model: nn.Module | ClipA
     if csc and context_words(node.CTX_INIT):
         # CoOp initialises from words only as one shared context and ignores CSC then; doing the same
         # keeps checkpoints of such runs interchangeable (ctx of shape (n_ctx, D)).
-        print("CSC is ignored when CTX_INIT is set (as in CoOp): one context shared by all classes")
+        log.info("CSC is ignored when CTX_INIT is set (as in CoOp): one context shared by all classes")
         csc = False
     return PromptLearner(classnames, clip_model, n_ctx=node.N_CTX, ctx_init=node.CTX_INIT, csc=csc,
                          class_token_position=node.CLASS_TOKEN_POSITION)
@@ -155,7 +158,7 @@ class PromptLearner(nn.Module):
 
     def _log(self, message: str) -> None:
         if self.verbose:
-            print(message)
+            log.info(message)
 
     def assemble(self, ctx: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings ``(..., n_cls, L, D)`` for a context of shape ``(..., n_ctx, D)`` (shared)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections import OrderedDict
 
 import torch
@@ -13,6 +11,7 @@ from yacs.config import CfgNode as CN
 
 from vlprompt.compat import TRAINER_REGISTRY
 from vlprompt.engine.config import register_cfg_extension
+from vlprompt.engine.logging import muted
 from vlprompt.modeling import PromptLearner, adapter_for, normalize
 from vlprompt.modeling.prompt_checkpoints import load_prompt_state, register_checkpoint_kind
 from vlprompt.modeling.prompt_clip import PromptCLIP
@@ -112,7 +111,7 @@ class CoCoOpContext(ContextSource):
         self.raw_feature = raw_feature
 
     def learner(self, classnames, clip_model: nn.Module) -> PromptLearner:
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
+        with torch.random.fork_rng(devices=[]), muted():
             learner = ConditionalPromptLearner(list(classnames), clip_model, n_ctx=self.state["ctx"].shape[0],
                                                ctx_init="")
         load_prompt_state(learner, self.state, self.source)

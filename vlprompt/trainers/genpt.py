@@ -51,6 +51,8 @@ from vlprompt.tta.sources import LearnedContext
 
 __all__ = ["AUG_MODES", "MI_CRITICS", "ClassFeatureMemory", "GenPT", "GenPTCLIP", "view_infonce"]
 
+log = logging.getLogger(__name__)
+
 TEMPLATE_SETS = ("dataset", "ensemble", "custom")
 AUG_MODES = ("intra_class_mixup", "cross_class_mixup", "inter_class_mixup", "pixel_mixup", "none")
 MI_CRITICS = ("cosine", "learned")
@@ -189,7 +191,7 @@ class GenPT(PromptLearningTrainer):
 
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         templates = hand_crafted_templates(self.method_cfg, self.cfg.DATASET.NAME)
-        print(f"Hand-crafted view: {len(templates)} template(s), e.g. {templates[0]!r}")
+        log.info(f"Hand-crafted view: {len(templates)} template(s), e.g. {templates[0]!r}")
         return GenPTCLIP(classnames, clip_model, self.method_cfg, templates)
 
     def build_model(self) -> None:

@@ -12,6 +12,7 @@ the prompt learners see, and it prints Dassl's result block and writes ``run.jso
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from vlprompt.compat import TRAINER_REGISTRY, build_data_loader, build_transform
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.errors import UserValueError
 from vlprompt.prompt_trainer import ClipTrainer
+
+log = logging.getLogger(__name__)
 
 COARSE_SEARCH = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 HEAD = "linear_probe"
@@ -201,7 +204,7 @@ class LinearProbeCLIP(ClipTrainer):
                 f"LinearProbeCLIP picks C on the validation split, and {cfg.DATASET.NAME} has none here; "
                 "use a dataset/split with a val set"
             )
-        print("Extracting frozen image features (test transform) for train and val")
+        log.info("Extracting frozen image features (test transform) for train and val")
         train_x, train_y = self.extract(dataset.train_x)
         val_x, val_y = self.extract(dataset.val)
         from sklearn.exceptions import ConvergenceWarning
@@ -220,21 +223,21 @@ class LinearProbeCLIP(ClipTrainer):
             else:
                 warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
                                        caught_warning.lineno)
-        print(f"Coarse search: C {[float(c) for c in lp.SEARCH_LIST]} -> val acc "
-              f"{[round(100 * a, 2) for a in result.coarse]}")
+        log.info(f"Coarse search: C {[float(c) for c in lp.SEARCH_LIST]} -> val acc "
+                 f"{[round(100 * a, 2) for a in result.coarse]}")
         for i, step in enumerate(result.steps):
-            print(f"Round {i}: C {step.c_left:.6g}/{step.c_right:.6g} val acc {100 * step.acc_left:.2f}/"
-                  f"{100 * step.acc_right:.2f} -> C {step.chosen:.6g}")
+            log.info(f"Round {i}: C {step.c_left:.6g}/{step.c_right:.6g} val acc {100 * step.acc_left:.2f}/"
+                     f"{100 * step.acc_right:.2f} -> C {step.chosen:.6g}")
         if not_converged:
-            print(f"Note: lbfgs reached MAX_ITER {lp.MAX_ITER} without converging in {not_converged} fit(s)")
-        print(f"Selected C = {result.c:.6g} (val accuracy {100 * result.val_accuracy:.2f}%, {result.fits} fits)")
+            log.info(f"Note: lbfgs reached MAX_ITER {lp.MAX_ITER} without converging in {not_converged} fit(s)")
+        log.info(f"Selected C = {result.c:.6g} (val accuracy {100 * result.val_accuracy:.2f}%, {result.fits} fits)")
         self.set_head(result.classifier)
         self.search = result
         self.save_model(0, self.output_dir, val_result=100 * result.val_accuracy)
-        print("Finish training")
+        log.info("Finish training")
         if not cfg.TEST.NO_TEST:
             self.test()
-        print(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - start))}")
+        log.info(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - start))}")
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,8 @@ per-image loop, resume and shards are the test-time harness (:mod:`vlprompt.tta.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from yacs.config import CfgNode as CN
 
@@ -29,6 +31,8 @@ from vlprompt.modeling import CLASS_TOKEN_POSITIONS, PromptTextEncoder, normaliz
 from vlprompt.tta.harness import TestTimeTrainer
 from vlprompt.tta.records import shard_name
 from vlprompt.tta.sources import ContextSource, WordsContext, context_from_checkpoint
+
+log = logging.getLogger(__name__)
 from vlprompt.tta.tuner import PromptTuner, TPTSettings
 
 
@@ -89,12 +93,12 @@ class TPT(TestTimeTrainer):
     def set_context(self, source: ContextSource) -> None:
         """Start every test image from ``source`` (words, or a checkpoint's context)."""
         self.context = source
-        print(f"TPT: each test image starts from {source.describe()}")
+        log.info(f"TPT: each test image starts from {source.describe()}")
 
     def load_model(self, directory: str, epoch: int | None = None) -> None:
         """``--model-dir/--load-epoch``: start from that checkpoint (kind recognised by its keys)."""
         if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
+            log.info("Note that load_model() is skipped as no pretrained model is given")
             return
         if self.method_cfg.LOAD:
             raise UserValueError(f'Both --model-dir "{directory}" and TRAINER.TPT.LOAD "{self.method_cfg.LOAD}" name a '

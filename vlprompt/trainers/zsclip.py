@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from vlprompt.compat import TRAINER_REGISTRY
 from vlprompt.modeling import build_text_classifier, clip_logits, normalize
 from vlprompt.prompt_trainer import ClipTrainer
+
+log = logging.getLogger(__name__)
 from vlprompt.templates import dataset_template, ensemble_templates
 
 
@@ -22,9 +26,9 @@ class ZeroshotCLIP(ClipTrainer):
         clip = self.build_clip(self.inference_precision())
         templates = self.templates()
         if len(templates) == 1:
-            print(f"Prompts: {[templates[0].format(c.replace('_', ' ')) for c in classnames]}")
+            log.info(f"Prompts: {[templates[0].format(c.replace('_', ' ')) for c in classnames]}")
         else:
-            print(f"Prompt ensembling (n={len(templates)})")
+            log.info(f"Prompt ensembling (n={len(templates)})")
         self.text_features = build_text_classifier(clip.adapter, classnames, templates)
         self.clip_model = clip.model
 
@@ -36,7 +40,7 @@ class ZeroshotCLIP(ClipTrainer):
 
     def train(self) -> None:
         """Nothing to train: evaluate instead (the reference would fail in forward_backward)."""
-        print(f"{type(self).__name__} has no trainable parameters; evaluating instead of training")
+        log.info(f"{type(self).__name__} has no trainable parameters; evaluating instead of training")
         self.test()
 
 

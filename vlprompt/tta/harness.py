@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import os.path as osp
 import secrets
@@ -54,6 +55,8 @@ from vlprompt.tta.records import (
 )
 from vlprompt.tta.tuner import encode_views
 from vlprompt.tta.views import AUG_CHOICES, ViewMaker, resolve_aug
+
+logger = logging.getLogger(__name__)  # `log` names the prediction log here
 
 TEST_TIME_PRECISIONS = ("amp", "fp32")  # what a test-time method runs in (fp16 autocast on CUDA, or fp32)
 # The reference's --test_sets ids → dataset names registered here (single letters are case-sensitive).
@@ -196,7 +199,7 @@ class TestTimeTrainer(ClipTrainer):
         self.image_encoder = self.clip.adapter.visual
         self.amp = node.PREC == "amp" and self.device.type == "cuda"
         if node.PREC == "amp" and not self.amp:
-            print(f"{self.cfg_node}: PREC amp needs CUDA; running in fp32")
+            logger.info(f"{self.cfg_node}: PREC amp needs CUDA; running in fp32")
         self.prec = "amp" if self.amp else "fp32"
         self.seed = self._run_seed()
         self.build_method()
@@ -250,9 +253,9 @@ class TestTimeTrainer(ClipTrainer):
         aug = resolve_aug(node.AUG, self.set_names[set_name])
         maker = ViewMaker(self.clip.preprocess.size, node.N_VIEWS, aug == "augmix",
                           cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
-        print(f"evaluating: {set_name} ({len(items):,} {split} images, {len(classnames)} classes, views: "
-              f"{'crop + flip + AugMix' if aug == 'augmix' else 'crop + flip'}"
-              + (f", shard {shard_name(self.shard)}" if self.shard else "") + ")")
+        logger.info(f"evaluating: {set_name} ({len(items):,} {split} images, {len(classnames)} classes, views: "
+                    f"{'crop + flip + AugMix' if aug == 'augmix' else 'crop + flip'}"
+                    + (f", shard {shard_name(self.shard)}" if self.shard else "") + ")")
 
         state = self.start_set(classnames)
         header = self._log_header(set_name, split, items, classnames, aug)
@@ -261,14 +264,14 @@ class TestTimeTrainer(ClipTrainer):
         mine = shard_indices(len(items), self.shard)
         todo = [i for i in mine if i not in log.done]
         if log.done:
-            print(f"Resuming: {len(mine) - len(todo):,} of {len(mine):,} images already done ({path})")
+            logger.info(f"Resuming: {len(mine) - len(todo):,} of {len(mine):,} images already done ({path})")
         self._progress = (set_name, len(mine) - len(todo), len(mine))  # for interruption_hint
         skipped = self._adapt_items(items, todo, maker, state, log)
 
         mine_set = set(mine)
         rows = [row for row in log.rows() if row["i"] in mine_set]
         if not rows:
-            print(f"No test images of {set_name} in shard {shard_name(self.shard)}")
+            logger.info(f"No test images of {set_name} in shard {shard_name(self.shard)}")
             return None
         if cfg.DATALOADER.SKIP_CORRUPT_IMAGES:  # left out before the run, and by the loader
             preskipped = getattr(dm, "preskipped", {})
@@ -309,12 +312,12 @@ class TestTimeTrainer(ClipTrainer):
                 top1.update(100.0 * (row["top5"][0] == row["y"]))
                 top5.update(100.0 * (row["y"] in row["top5"]))
                 if (done + 1) % node.PRINT_FREQ == 0:
-                    print(f"Test: [{done:{digits}d}/{len(todo)}]\t{batch_time}\t{top1}\t{top5}")
+                    logger.info(f"Test: [{done:{digits}d}/{len(todo)}]\t{batch_time}\t{top1}\t{top5}")
                 done += 1
             end = time.time()
-        print(f" *  Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
+        logger.info(f" *  Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
         seconds = time.time() - started
-        print(f"{self.cfg_node}: {done:,} images in {seconds:.1f} s ({seconds / max(done, 1):.3f} s/image)")
+        logger.info(f"{self.cfg_node}: {done:,} images in {seconds:.1f} s ({seconds / max(done, 1):.3f} s/image)")
         return len(views_data.skipped_indices)
 
     def interruption_hint(self) -> str:

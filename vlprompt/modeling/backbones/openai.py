@@ -139,7 +139,7 @@ def _download_file(url: str, dest: Path) -> None:
 
     from tqdm import tqdm
 
-    print(f"Downloading CLIP weights {url} to {dest}", file=sys.stderr)
+    log.info(f"Downloading CLIP weights {url} to {dest}")
     with urllib.request.urlopen(url, timeout=60) as source, open(dest, "wb") as output:
         total = int(source.info().get("Content-Length") or 0) or None
         with tqdm(total=total, unit="iB", unit_scale=True, ncols=80, file=sys.stderr) as progress:
