@@ -44,6 +44,9 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "TRAINER.TPT.BATCH_IMAGES",  # independent prompts per image: same predictions
     "TRAINER.TPT.SHARD",
     "TRAINER.TPT.PRINT_FREQ",
+    # The same harness keys of TPT's successors (C-TPT, Zero, MTA, TDA).
+    *(f"TRAINER.{node}.{key}" for node in ("CTPT", "ZERO", "MTA", "TDA")
+      for key in ("BATCH_IMAGES", "SHARD", "PRINT_FREQ")),
     "MODEL.BACKBONE.WEIGHTS",  # where the weights file is; its content counts (the weights_sha256 extra)
 )
 
