@@ -42,8 +42,8 @@ class PromptStart:
 
     def start_problems(self, node) -> list[str]:
         if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
-            return [f'CLASS_TOKEN_POSITION is "{node.CLASS_TOKEN_POSITION}"; use one of '
-                    f'{", ".join(CLASS_TOKEN_POSITIONS)}']
+            choices = ", ".join(CLASS_TOKEN_POSITIONS)
+            return [f'CLASS_TOKEN_POSITION is "{node.CLASS_TOKEN_POSITION}"; use one of {choices}']
         return []
 
     def build_context(self) -> None:
