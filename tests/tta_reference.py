@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import vlprompt  # noqa: E402,F401 - the torchvision shim first
+import vlprompt  # noqa: F401 - the torchvision shim first
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "tta_reference"
 RESOLUTION = 32

@@ -182,6 +182,11 @@ class TestTimeTrainer(ClipTrainer):
         """Bring ``state`` to where a killed run stopped, from the rows it logged (in stream order); an
         episodic method has nothing to bring back."""
 
+    def method_header(self, state: Any) -> dict:
+        """What the method records in a dataset's prediction log header beside the settings (e.g. what a
+        merge of shards needs to replay an online method)."""
+        return {}
+
     def method_detail(self) -> dict:
         """The method's settings that change predictions (recorded in each prediction log's header)."""
         return {}
@@ -338,8 +343,11 @@ class TestTimeTrainer(ClipTrainer):
         print(f"evaluating: {set_name} ({len(items):,} {split} images, {len(classnames)} classes, views: {views}"
               + (f", shard {shard_name(self.shard)}" if self.shard else "") + ")")
 
+        # What start_set is for (a method's settings may depend on the dataset; an online method's stream
+        # on the number of images).
+        self.current_set, self.current_size = set_name, len(items)
         state = self.start_set(classnames)
-        header = self._log_header(set_name, split, items, classnames, aug, n_views)
+        header = {**self._log_header(set_name, split, items, classnames, aug, n_views), **self.method_header(state)}
         path = prediction_path(cfg.OUTPUT_DIR, set_name, self.shard) if cfg.OUTPUT_DIR else None
         log = PredictionLog(path, header)
         mine = self.stream_order(set_name, shard_indices(len(items), self.shard))

@@ -31,7 +31,7 @@ def install_torchvision_shim() -> None:
     if torch.version.cuda is not None:
         return
     try:
-        torch.ops.torchvision.nms  # noqa: B018
+        torch.ops.torchvision.nms
         return
     except (AttributeError, RuntimeError):
         pass
@@ -93,8 +93,8 @@ class RecordingScaler:
 # ------------------------------------------------------------------------------------------------- C-TPT
 def run_ctpt(inputs: dict) -> dict:
     stub_modules("ipdb")
-    import clip.custom_clip as custom_clip
     import tpt_classification as ref
+    from clip import custom_clip
 
     custom_clip.load = patched_load(inputs)
     settings = inputs["settings"]["ctpt"]
@@ -156,7 +156,7 @@ def run_ctpt(inputs: dict) -> dict:
 # -------------------------------------------------------------------------------------------------- Zero
 def run_zero(inputs: dict) -> dict:
     stub_modules("pandas")
-    import clip.custom_clip as custom_clip
+    from clip import custom_clip
 
     custom_clip.load = patched_load(inputs)
     import ttas.zero as zero_module
@@ -208,7 +208,7 @@ def run_zero(inputs: dict) -> dict:
 # --------------------------------------------------------------------------------------------------- MTA
 def run_mta(inputs: dict) -> dict:
     stub_modules("ipdb")
-    import clip.custom_clip as custom_clip
+    from clip import custom_clip
 
     custom_clip.load = patched_load(inputs)
     from clip.custom_clip import get_coop
@@ -244,7 +244,7 @@ def run_tda(inputs: dict) -> dict:
         cache_logits = ref.compute_cache_logits
         get_clip_logits = ref.get_clip_logits
 
-        def recording_get(images, clip_model, clip_weights, record=record):
+        def recording_get(images, clip_model, clip_weights, record=record, get_clip_logits=get_clip_logits):
             result = get_clip_logits(images, clip_model, clip_weights)
             record["pred"].append(result[4])
             record["loss"].append(float(result[2]))
