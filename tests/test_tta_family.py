@@ -8,7 +8,14 @@ import math
 
 import pytest
 import torch
-from tta_reference import CLASSNAMES, SETTINGS, load_outputs, reference_clip, reference_labels, reference_views
+from tta_reference import (
+    CLASSNAMES,
+    SETTINGS,
+    load_outputs,
+    reference_clip,
+    reference_labels,
+    reference_views,
+)
 
 from vlprompt.modeling import PromptTextEncoder, build_text_classifier, normalize
 from vlprompt.tta.calibration import bin_boundaries, calibration_bins, expected_calibration_error
@@ -87,7 +94,7 @@ def test_ece_equals_ctpt_code_and_its_binning():
     confidences = ref["confidence"].tolist()
     assert expected_calibration_error(confidences, correct, 20) == pytest.approx(float(ref["ece20"]), abs=1e-9)
     # A confidence on a bin's upper edge belongs to that bin (lower < c <= upper); 0 is in none but counts in N.
-    lower, upper = bin_boundaries(4)[1]
+    _, upper = bin_boundaries(4)[1]
     bins = calibration_bins([upper, 0.0], [True, False], 4)
     assert bins[1] == (1, 1.0, upper) and sum(n for n, _, _ in bins) == 1
     assert expected_calibration_error([upper, 0.0], [True, False], 4) == pytest.approx(100 * (1 - upper) / 2)

@@ -473,6 +473,6 @@ class TestTimeTrainer(ClipTrainer):
             "num_items": len(items),
             "items_hash": digest.hexdigest()[:12], "num_classes": len(classnames), "classnames": list(classnames),
             "seed": self.seed, "settings": settings, "settings_detail": detail, "shard": shard_name(self.shard),
-            "order": list(self.set_names).index(set_name),
+            "order": list(self.set_names).index(set_name), "ece_bins": node.get("ECE_BINS", DEFAULT_ECE_BINS),
             "weights_sha256": weights_fingerprint_extras(cfg)["weights_sha256"],
         }

@@ -192,7 +192,7 @@ def replay_rows(header: dict, rows: Sequence[dict]) -> list[dict]:
     stream = header["stream"]
     classifier = decode_matrix(stream["classifier"])
     caches = TDACaches(classifier, TDASettings.from_dict(stream["settings"]))
-    position = {index: t for t, index in enumerate(stream_permutation(header["num_items"], header["seed"]))}
+    position = {index: t for t, index in enumerate(stream["permutation"])}
     replayed = []
     for row in sorted(rows, key=lambda r: position[int(r["i"])]):
         logits = caches.step(StreamItem.from_row(row["tda"], caches.n_classes))
