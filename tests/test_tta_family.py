@@ -29,12 +29,7 @@ from vlprompt.tta.zero import break_tie, confidence_order, zero_votes
 LOGITS = {"rtol": 1e-5, "atol": 1e-4}  # fp32 rounding of logits of scale up to 100
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import config_file
 
 from vlprompt.cli import main
@@ -22,12 +21,7 @@ RES = 64
 CONFIGS = {"CTPT": "CTPT", "Zero": "ZERO", "MTA": "MTA", "TDA": "TDA", "TPT": "TPT"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +124,13 @@ def test_tda_killed_run_resumes_with_its_caches(pets_root, tiny64, tmp_path, mon
     main(killed)
     assert "Resuming: 7 of 20 images already done" in capsys.readouterr().out
     assert predictions(log_rows(tmp_path / "killed")[1]) == predictions(expected)
+    # The cost covers the images timed (the killed part stopped before it could record its time), and a
+    # run with nothing left to do still reports it.
+    timing = json.loads((tmp_path / "killed" / "tpt_predictions" / "OxfordPets.timing.json").read_text())
+    assert timing["images"] == 13
+    main(killed)
+    record = json.loads((tmp_path / "killed" / "run.json").read_text())
+    assert record["tpt"]["seconds_per_image"]["OxfordPets"] == pytest.approx(timing["seconds"] / 13)
 
 
 def test_tda_shards_merge_into_one_stream(pets_root, tiny64, tmp_path, monkeypatch, capsys):

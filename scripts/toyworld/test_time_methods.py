@@ -6,7 +6,8 @@
 Writes the toy world's ToyWorldA, ToyWorldR and ToyWorldSketch under ROOT (``--test-per-class`` test images
 per class: images are a pure function of (seed, dataset, label, index), so 2 per class are the first two of
 the default 10), runs each method with its shipped ViT-B/16 config (``configs/trainers/<Method>/``), the
-micro CLIP, ``--views`` views, fp32, one CPU thread, into OUT/<method>, then prints the test-time methods'
+micro CLIP, ``--views`` views, fp32, one CPU thread, into OUT/<method> (and TDA once more with the micro CLIP's
+own logit scale instead of its fixed 100, into OUT/TDA_own_scale), then prints the test-time methods'
 table (``python -m vlprompt.tables OUT --protocol tta --source ToyWorld``). A finished method is not rerun
 (its run folder resumes), so the command can be repeated after an interruption.
 """
@@ -38,17 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([python, "-m", "vlprompt.toyworld", "--root", args.root, "--test-per-class",
                     str(args.test_per_class), "--train-per-class", "1", "--val-per-class", "1", "--datasets", *SETS],
                    check=True, cwd=REPO, env=env)
-    for method in args.methods:
+    runs = [(method, method, []) for method in args.methods]
+    if "TDA" in args.methods:  # TDA's fixed logit scale 100 is real CLIP's; the micro CLIP's own is about 21
+        runs.append(("TDA", "TDA_own_scale", ["TRAINER.TDA.LOGIT_SCALE", "0.0"]))
+    for method, folder, extra in runs:
         node = METHODS[method]
         subprocess.run([
             python, "train.py", "--root", args.root, "--trainer", method,
-            "--config-file", f"configs/trainers/{method}/vit_b16.yaml", "--output-dir", str(Path(args.out) / method),
+            "--config-file", f"configs/trainers/{method}/vit_b16.yaml", "--output-dir", str(Path(args.out) / folder),
             "--seed", str(args.seed), "MODEL.BACKBONE.NAME", "micro-clip", "DATALOADER.NUM_WORKERS", "0",
             f"TRAINER.{node}.TEST_SETS", "/".join(SETS), f"TRAINER.{node}.N_VIEWS", str(args.views),
-            f"TRAINER.{node}.PREC", "fp32", f"TRAINER.{node}.PRINT_FREQ", "1000",
+            f"TRAINER.{node}.PREC", "fp32", f"TRAINER.{node}.PRINT_FREQ", "1000", *extra,
         ], check=True, cwd=REPO, env=env)
     return subprocess.run([python, "-m", "vlprompt.tables", args.out, "--protocol", "tta", "--source", "ToyWorld"],
-                          cwd=REPO, env=env).returncode
+                          check=False, cwd=REPO, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -534,6 +534,7 @@ def tpt_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label
 # ------------------------------------------------------------------------------------------ test-time methods
 # What the test-time methods' table shows per method: top-1, C-TPT's calibration error and the cost.
 TTA_METRICS = (("accuracy", "Top-1"), ("ece", "ECE"), ("seconds_per_image", "s/image"))
+TTA_ORDER = ("TPT", "CTPT", "Zero", "MTA", "TDA")  # TPT, then its successors by the papers' dates
 
 
 def tta_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label_by: Sequence[str] = ("trainer",),
@@ -550,7 +551,9 @@ def tta_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label
     top1 = results["accuracy"]
     wanted = _selected(datasets)
     found = set(wanted) if wanted is not None else top1.datasets_of(["tpt"])
-    methods = order_methods(top1.methods_with(["tpt"]), top1.trainer_of)
+    methods = sorted(order_methods(top1.methods_with(["tpt"]), top1.trainer_of),
+                     key=lambda m: TTA_ORDER.index(top1.trainer_of.get(m)) if top1.trainer_of.get(m) in TTA_ORDER
+                     else len(TTA_ORDER))  # stable: the rest keep order_methods' order after these
     legend = ("Top-1 and ECE in %; ECE: expected calibration error of the predictions' confidences (ECE_BINS "
               "equal-width bins, C-TPT's 20 by default); s/image: seconds per test image as the run timed it "
               "(its machine, its batch; a resumed run's time covers the images it did).")

@@ -56,6 +56,7 @@ from vlprompt.tta.data import TPTViewDataset, collate_views, device_views
 from vlprompt.tta.records import (
     PREDICTIONS_DIR,
     PredictionLog,
+    add_timing,
     prediction_path,
     prediction_row,
     predictions_csv_path,
@@ -356,7 +357,7 @@ class TestTimeTrainer(ClipTrainer):
             print(f"Resuming: {len(mine) - len(todo):,} of {len(mine):,} images already done ({path})")
             self.resume_set(state, [log.done[i] for i in mine if i in log.done])
         self._progress = (set_name, len(mine) - len(todo), len(mine))  # for interruption_hint
-        skipped, seconds = self._adapt_items(items, todo, maker, state, log)
+        skipped, timed = self._adapt_items(items, todo, maker, state, log)
 
         mine_set = set(mine)
         rows = [row for row in log.rows() if row["i"] in mine_set]
@@ -368,7 +369,8 @@ class TestTimeTrainer(ClipTrainer):
             announce_skipped(len(preskipped.get("test" if items is dataset.test else "val", [])) + skipped)
         metrics = report(rows, len(classnames), cfg, set_name, self.lab2cname,
                          ece_bins=node.get("ECE_BINS", DEFAULT_ECE_BINS))
-        if seconds is not None:  # kept beside the metrics: a resumed run's times cover only what it did
+        seconds = add_timing(path, *timed)  # kept beside the metrics, over every run that added to this log
+        if seconds is not None:
             self.seconds_per_image[set_name] = seconds
         self._write_predictions_csv(set_name, classnames, rows)
         return metrics
@@ -382,12 +384,12 @@ class TestTimeTrainer(ClipTrainer):
         self._csv_sets = done
         write_predictions_csv(predictions_csv_path(self.cfg.OUTPUT_DIR, self.shard), done.values())
 
-    def _adapt_items(self, items, todo, maker, state, log) -> tuple[int, float | None]:
-        """Adapt to and predict the images ``todo``; returns how many were skipped as unreadable and the
-        seconds per image (None when there was none to do)."""
+    def _adapt_items(self, items, todo, maker, state, log) -> tuple[int, tuple[int, float]]:
+        """Adapt to and predict the images ``todo``; returns how many were skipped as unreadable and (images
+        done, seconds they took)."""
         cfg, node = self.cfg, self.method_cfg
         if not todo:
-            return 0, None
+            return 0, (0, 0.0)
         on_device = bool(node.GPU_VIEWS)
         views_data = TPTViewDataset(items, todo, maker, self.seed, on_device=on_device,
                                     skip_corrupt=bool(cfg.DATALOADER.SKIP_CORRUPT_IMAGES))
@@ -422,7 +424,7 @@ class TestTimeTrainer(ClipTrainer):
         print(f" *  Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
         seconds = time.time() - started
         print(f"{self.cfg_node}: {done:,} images in {seconds:.1f} s ({seconds / max(done, 1):.3f} s/image)")
-        return len(views_data.skipped_indices), (seconds / done if done else None)
+        return len(views_data.skipped_indices), (done, seconds)
 
     def _rows(self, items, batch: dict, adapted: torch.Tensor | Adapted) -> list[dict]:
         """The log rows of a batch: top-5, confidence, image path and the method's extras per image."""

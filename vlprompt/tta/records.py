@@ -177,6 +177,26 @@ def prediction_row(index: int, label: int, logits: torch.Tensor, probs: torch.Te
     return row
 
 
+def add_timing(log_path: str | None, images: int, seconds: float) -> float | None:
+    """Add ``images`` adapted in ``seconds`` to the timing kept beside a prediction log (``<log>.timing.json``,
+    so a resumed run's cost covers the images its earlier parts did); returns the seconds per image over all
+    of them, None when none was timed. Without a log (no output folder) only this run's images count."""
+    total_images, total_seconds = images, seconds
+    if log_path is not None:
+        path = log_path[: -len(".jsonl")] + ".timing.json" if log_path.endswith(".jsonl") else log_path + ".timing"
+        if osp.exists(path):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    saved = json.load(handle)
+                total_images += int(saved["images"])
+                total_seconds += float(saved["seconds"])
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning(f'"{path}" is not a timing record; the cost is counted from this run only')
+        if images:
+            atomic_write_text(path, json.dumps({"images": total_images, "seconds": total_seconds}) + "\n")
+    return total_seconds / total_images if total_images else None
+
+
 PREDICTIONS_CSV = "predictions.csv"
 CSV_COLUMNS = ("dataset", "index", "image", "label", "label_name", "prediction", "prediction_name", "confidence",
                "correct", "top5")
