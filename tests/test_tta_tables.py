@@ -18,7 +18,8 @@ SHIFTS = ("I", "A", "V", "R", "K")
 FINE = ("Flower102", "DTD", "Pets")
 
 
-def method_run(root: Path, trainer: str, sets: tuple[str, ...], seed: int, base: float) -> None:
+def method_run(root: Path, trainer: str, sets: tuple[str, ...], seed: int, base: float, config: dict | None = None,
+               init: str = "words") -> None:
     """A run.json as the harness writes it: per-dataset metrics with ECE, seconds per image in ``tpt``."""
     per = {s: {"accuracy": base + k, "top5_accuracy": 90.0, "ece": 10.0 - k - seed, "images": 100}
            for k, s in enumerate(sets)}
@@ -29,7 +30,8 @@ def method_run(root: Path, trainer: str, sets: tuple[str, ...], seed: int, base:
         "subsample": "all", "finished": "2024-01-01T00:00:00+00:00",
         "metrics": {"accuracy": float(np.mean([m["accuracy"] for m in per.values()]))},
         "metrics_per_dataset": per,
-        "tpt": {"method": trainer.upper(), "init": "words", "shard": "",
+        **({"config": config} if config else {}),
+        "tpt": {"method": trainer.upper(), "init": init, "shard": "",
                 "seconds_per_image": {s: 0.5 * (k + 1) for k, s in enumerate(sets)}},
     }))
 
@@ -74,3 +76,17 @@ def test_tables_command_writes_the_method_table_in_every_format(tree, tmp_path, 
     written = sorted(p.name for p in (tmp_path / "t").iterdir())
     assert written == ["tta.tex", "tta_2.tex"]
     assert r"TDA & Top-1 & 63.50 $\pm$ 0.50 (2)" in (tmp_path / "t" / "tta.tex").read_text()
+
+
+def test_one_row_per_method_across_its_runs_over_different_test_sets(tmp_path):
+    """TEST_SETS (what the columns stand for) and LOAD's path are no setting; other keys split rows."""
+    def config(sets: str, weight: float) -> dict:
+        return {"SEED": 1, "TRAINER": {"NAME": "CTPT", "CTPT": {"TEST_SETS": sets, "LAMBDA": weight, "LOAD": ""}}}
+
+    method_run(tmp_path, "CTPT", SHIFTS, 1, 60.0, config("/".join(SHIFTS), 50.0))
+    method_run(tmp_path, "CTPT", FINE, 1, 50.0, config("/".join(FINE), 50.0))
+    shifts, fine = tta_tables(collect_runs(tmp_path).runs)
+    assert {keys[0] for keys, _ in shifts.rows + fine.rows} == {"CTPT"}
+    method_run(tmp_path / "other", "CTPT", FINE, 1, 40.0, config("/".join(FINE), 0.0))
+    _, fine = tta_tables(collect_runs(tmp_path).runs)
+    assert {keys[0] for keys, _ in fine.rows} == {"CTPT (TRAINER.CTPT.LAMBDA=0.0)", "CTPT (TRAINER.CTPT.LAMBDA=50.0)"}

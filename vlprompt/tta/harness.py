@@ -212,7 +212,7 @@ class TestTimeTrainer(ClipTrainer):
         context = getattr(self, "context", None)
         extra = {
             "tpt": {
-                "method": self.cfg_node, "init": context.kind if context is not None else "",
+                "method": self.cfg_node, "init": context.kind if context is not None else "templates",
                 "init_detail": context.describe() if context is not None else "", "seed": self.seed,
                 "shard": shard_name(self.shard), "test_sets": list(self.set_names), "n_views": node.N_VIEWS,
                 "prec": self.prec, "batch_images": node.BATCH_IMAGES, "gpu_views": bool(node.GPU_VIEWS),
