@@ -14,7 +14,7 @@ the run record. A method subclasses :class:`TestTimeTrainer` and supplies only
 * :meth:`~TestTimeTrainer.method_detail` / :meth:`~TestTimeTrainer.method_fingerprint` – what identifies
   its results (checked when a prediction log is continued).
 
-and where it differs from TPT: :meth:`~TestTimeTrainer.view_settings` (views per dataset),
+A method may also override where it differs from TPT: :meth:`~TestTimeTrainer.view_settings` (views per dataset),
 :meth:`~TestTimeTrainer.stream_order` and :meth:`~TestTimeTrainer.resume_set` (an online method: the
 order images arrive in, and its state rebuilt from the images a killed run logged).
 
@@ -200,10 +200,6 @@ class TestTimeTrainer(ClipTrainer):
         """(steps, lr) for the reference's closing summary line."""
         return 0, 0.0
 
-    def method_record(self) -> dict:
-        """The method's settings in the ``tpt`` section of ``run.json`` (beside the harness's)."""
-        return self.method_detail()
-
     def run_record_extra(self) -> dict:
         """The ``tpt`` section of ``run.json`` (the test-time section every method on the harness writes:
         start, seed, shard, datasets, views and the method's settings); the per-dataset metrics are written
@@ -216,7 +212,7 @@ class TestTimeTrainer(ClipTrainer):
                 "init_detail": context.describe() if context is not None else "", "seed": self.seed,
                 "shard": shard_name(self.shard), "test_sets": list(self.set_names), "n_views": node.N_VIEWS,
                 "prec": self.prec, "batch_images": node.BATCH_IMAGES, "gpu_views": bool(node.GPU_VIEWS),
-                "seconds_per_image": dict(getattr(self, "seconds_per_image", {})), **self.method_record(),
+                "seconds_per_image": dict(getattr(self, "seconds_per_image", {})), **self.method_detail(),
             },
         }
         if not self.cfg.DATASET.NAME:  # the datasets came from TEST_SETS
