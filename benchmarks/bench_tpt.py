@@ -3,6 +3,7 @@
     python benchmarks/bench_tpt.py                       # CPU: ViT-B/16 and RN50 sizes, 200 and 1000 classes
     python benchmarks/bench_tpt.py --device cuda         # GPU (amp, several images tuned at once)
     python benchmarks/bench_tpt.py --archs vit_b16 --classes 200 --images 2 --out bench.json
+    python benchmarks/bench_tpt.py --family              # TPT, C-TPT, Zero, MTA, TDA: s/image and FLOPs
 
 Both run on the same views of the same images with a random-weight CLIP of the real size (no download)
 and the first N ImageNet class names. "straightforward" re-encodes all views at every
@@ -12,6 +13,11 @@ end-of-text token, computes the shared [SOS][context] positions once and, on a G
 at once. View making is not timed (it is the same work for both). Each measurement runs in its own
 process so peak memory is its own; a straightforward run whose memory, extrapolated from the smaller
 class count, would not fit is skipped and reported as such.
+
+``--family`` measures the test-time methods side by side instead (the section at the end of this file):
+per test image the seconds and the FLOPs (forward and backward, counted by torch's FlopCounterMode) of
+TPT, C-TPT, Zero, MTA and TDA on the same views; the class text features Zero, MTA and TDA compute once
+per dataset are timed apart.
 """
 
 from __future__ import annotations
@@ -182,10 +188,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument("--table", default="", help="only print the table of an earlier --out JSON")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--family", action="store_true",
+                        help="the test-time methods (TPT, C-TPT, Zero, MTA, TDA): s/image and FLOPs per image")
+    parser.add_argument("--methods", nargs="+", default=list(FAMILY), choices=FAMILY, help="with --family")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(family_worker(spec) if "method" in spec else worker(spec)))
         return []
+    if args.family:
+        return family_main(args)
     if args.table:
         results = json.loads(Path(args.table).read_text())["results"]
         print_table(results)
@@ -232,6 +244,123 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "cpu_threads": args.threads or torch.get_num_threads(), "results": results}
         if device.type == "cuda":
             payload["gpu"] = torch.cuda.get_device_name(device)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    return results
+
+
+# ------------------------------------------------------------------------ the test-time family
+FAMILY = ("TPT", "CTPT", "Zero", "MTA", "TDA")
+
+
+def family_method(method: str, model, names: list[str], device: torch.device, amp: bool):
+    """``predict(views (1, N, 3, R, R)) -> class`` for one method, and its once-per-dataset setup done (the
+    class text features of the methods that do not tune the prompt)."""
+    from types import SimpleNamespace
+
+    from vlprompt.modeling import adapter_for
+    from vlprompt.text_encoder import PromptTextEncoder
+    from vlprompt.tta.mta import mta_logits
+    from vlprompt.tta.objective import calibrated_entropy
+    from vlprompt.tta.sources import WordsContext
+    from vlprompt.tta.tda import TDACaches, TDASettings, stream_item
+    from vlprompt.tta.text import ClassTexts
+    from vlprompt.tta.tuner import PromptTuner, TPTSettings, encode_views, normalize
+    from vlprompt.tta.zero import zero_votes
+
+    source = WordsContext("a photo of a")
+    scale = model.logit_scale.exp().float()
+
+    def features_of(views):
+        return encode_views(model.visual, views.to(device), chunk=256, amp=amp)
+
+    if method in ("TPT", "CTPT"):
+        learner = source.learner(names, model)
+        scaler = torch.amp.GradScaler("cuda", init_scale=1000) if amp else None
+        objective = calibrated_entropy(50.0) if method == "CTPT" else None
+        tuner = PromptTuner(learner, PromptTextEncoder(model), scale, TPTSettings(amp=amp), scaler, objective=objective)
+
+        def predict(views):
+            features = features_of(views)
+            result = tuner.tune(normalize(features), source.initial_context(learner, features[:, 0]), same_start=True)
+            return int(result.logits[0].argmax())
+
+        return predict
+    text = ClassTexts(SimpleNamespace(adapter=adapter_for(model), model=model), names, source, None, device).fixed
+    if method == "Zero":
+        return lambda views: int(zero_votes(normalize(features_of(views))[0] @ text.t(), scale, 0.3).argmax())
+    if method == "MTA":
+        return lambda views: int(mta_logits(normalize(features_of(views))[0], text, scale).argmax())
+    caches = TDACaches(text, TDASettings())
+    return lambda views: int(caches.step(stream_item(normalize(features_of(views))[0], text, caches.settings)).argmax())
+
+
+def family_worker(spec: dict) -> dict:
+    """One method's measurement: ``spec`` = method, arch, classes, images, views, device, threads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device(spec["device"])
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    amp = device.type == "cuda"
+    model = build_clip(spec["arch"], device)
+    names = class_names(spec["classes"])
+    views = torch.randn(spec["images"], spec["views"], 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    started = time.perf_counter()
+    predict = family_method(spec["method"], model, names, device, amp)
+    setup = time.perf_counter() - started
+    predict(views[:1])  # warm-up (kernels, the first text forward TPT keeps for the class set)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    predictions = [predict(views[i : i + 1]) for i in range(len(views))]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / len(views)
+    with FlopCounterMode(display=False) as counter:
+        predict(views[:1])
+    return {**spec, "seconds_per_image": seconds, "gflops_per_image": counter.get_total_flops() / 1e9,
+            "setup_seconds": setup, "predictions": predictions}
+
+
+def family_table(results: list[dict]) -> None:
+    """The family's results as a Markdown table (what the README shows)."""
+    first = results[0] if results else {}
+    print(f"\nTest-time methods per test image ({first.get('views')} views, {first.get('device')}, "
+          f"{first.get('images')} image(s) after one warm-up)")
+    print("| backbone | classes | method | s/image | GFLOPs/image | text backward | once per dataset (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for e in results:
+        if "skipped" in e:
+            print(f"| {ARCH_NAMES[e['arch']]} | {e['classes']} | {e['method']} | – | – | – | {e['skipped']} |")
+            continue
+        backward = "yes" if e["method"] in ("TPT", "CTPT") else "no"
+        print(f"| {ARCH_NAMES[e['arch']]} | {e['classes']} | {e['method']} | {e['seconds_per_image']:.2f} | "
+              f"{e['gflops_per_image']:.0f} | {backward} | {e['setup_seconds']:.1f} |")
+
+
+def family_main(args: argparse.Namespace) -> list[dict]:
+    """``--family``: each method in its own process, on the same views."""
+    if args.table:
+        results = json.loads(Path(args.table).read_text())["results"]
+        family_table(results)
+        return results
+    results = []
+    for arch in args.archs:
+        for classes in sorted(args.classes):
+            for method in args.methods:
+                spec = {"method": method, "arch": arch, "classes": classes, "images": args.images,
+                        "views": args.views, "device": args.device, "threads": args.threads}
+                result = run_one(spec)
+                results.append(result)
+                summary = result.get("skipped") or (f"{result['seconds_per_image']:8.2f} s/image "
+                                                     f"{result['gflops_per_image']:9.0f} GFLOPs")
+                print(f"{arch} {classes:5d} {method:5s} {summary}", flush=True)
+    family_table(results)
+    if args.out:
+        payload = {"machine": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                   "cpu_threads": args.threads or torch.get_num_threads(), "results": results}
+        if args.device.startswith("cuda"):
+            payload["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
     return results

@@ -34,6 +34,18 @@ def _library_lines_on_stdout():
     setup_console_logging(logging.INFO)
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny models: threads only add synchronisation, which a busy machine
+    makes very slow. (A module opts in with ``pytestmark = pytest.mark.usefixtures("single_thread")``.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_files(tmp_path_factory) -> dict[str, Path]:
     """fp16 state-dict files of the two tiny CLIPs (a ViT and a ModifiedResNet), as OpenAI ships weights."""

@@ -59,7 +59,7 @@ def test_each_command_has_help_under_its_own_name(name, capsys):
 def test_help_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "trainers: CoCoOp, CoOp, GenPT, LinearProbeCLIP, TPT, ZeroshotCLIP" in capsys.readouterr().out
+    assert "trainers: CTPT, CoCoOp, CoOp, GenPT, LinearProbeCLIP, MTA, TDA, TPT, Zero, ZeroshotCLIP" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["tpt", "--help"])
     tpt_help = capsys.readouterr().out

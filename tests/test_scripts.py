@@ -160,6 +160,8 @@ SCRIPT_ARGS = {
     "genpt/base2new_test.sh": "DATASET SEED", "genpt/xd_train.sh": "SEED", "genpt/xd_test.sh": "DATASET SEED",
     "lpclip/main.sh": "DATASET CFG SHOTS", "tpt/words.sh": "CFG SETS", "tpt/coop.sh": "CFG SETS MODEL_DIR",
     "tpt/cocoop.sh": "CFG SETS MODEL_DIR", "tpt/merge.sh": "RUN_DIR",
+    "ctpt/words.sh": "CFG SETS", "ctpt/coop.sh": "CFG SETS MODEL", "zero/words.sh": "CFG SETS",
+    "zero/ensemble.sh": "CFG SETS", "mta/words.sh": "CFG SETS", "tda/templates.sh": "CFG SETS",
 }  # fmt: skip
 
 

@@ -72,6 +72,16 @@ def split_hash(dataset, root: str) -> str:
     return digest.hexdigest()[:12]
 
 
+def _trainer_protocol(name: str) -> str | None:
+    """The protocol a registered trainer class declares (``PROTOCOL``: the test-time methods say ``tpt``)."""
+    from vlprompt.compat import TRAINER_REGISTRY
+
+    try:
+        return getattr(TRAINER_REGISTRY.get(name), "PROTOCOL", None)
+    except KeyError:
+        return None
+
+
 def infer_protocol(cfg, eval_only: bool, source_record: dict | None) -> str:
     """The evaluation protocol a run belongs to (one of ``PROTOCOLS``), from its config and, for an
     evaluation of a trained model, that model's record.
@@ -82,7 +92,7 @@ def infer_protocol(cfg, eval_only: bool, source_record: dict | None) -> str:
     """
     trainer = cfg.TRAINER.NAME
     subsample = cfg.DATASET.SUBSAMPLE_CLASSES
-    if trainer.upper().startswith("TPT"):
+    if trainer.upper().startswith("TPT") or _trainer_protocol(trainer) == "tpt":
         return "tpt"
     zero_shot = trainer.startswith("ZeroshotCLIP")
     if subsample in ("base", "new"):

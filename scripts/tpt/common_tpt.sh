@@ -1,4 +1,4 @@
-# Shared by the TPT scripts (source it): set lists and run_tpt.
+# Shared by the test-time scripts (TPT, C-TPT, Zero, MTA, TDA; source it): set lists, run_test_time and run_tpt.
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 
 # The reference's two groups: natural distribution shifts and the 10 cross-dataset (fine-grained) sets.
@@ -14,26 +14,35 @@ expand_sets() {
   esac
 }
 
-# run_tpt MODE CFG SETS ARGS...: TPT over SETS in one call (a summary table at the end) into
-# $OUTPUT_ROOT/tpt/CFG/MODE/<sets>/seed$SEED[/shard_i_of_n]. SHARD=i/n evaluates the i-th of n parts.
-run_tpt() {
-  local mode=$1 cfg=$2 sets
-  sets=$(expand_sets "$3")
-  shift 3
+# run_test_time TRAINER MODE CFG SETS ARGS...: a test-time method (TPT, CTPT, Zero, MTA, TDA) over SETS in one
+# call (a summary table at the end), with configs/trainers/TRAINER/CFG.yaml, into
+# $OUTPUT_ROOT/<trainer in lower case>/CFG/MODE/<sets>/seed$SEED[/shard_i_of_n]. SHARD=i/n evaluates the
+# i-th of n parts.
+run_test_time() {
+  local trainer=$1 mode=$2 cfg=$3 sets node lower
+  sets=$(expand_sets "$4")
+  shift 4
+  node=$(printf '%s' "$trainer" | tr '[:lower:]' '[:upper:]')
+  lower=$(printf '%s' "$trainer" | tr '[:upper:]' '[:lower:]')
   local seed=${SEED:-0}
-  local dir="${OUTPUT_ROOT}/tpt/${cfg}/${mode}/${sets//\//_}/seed${seed}"
+  local dir="${OUTPUT_ROOT}/${lower}/${cfg}/${mode}/${sets//\//_}/seed${seed}"
   local shard_args=()
   if [ -n "${SHARD:-}" ]; then
     dir="${dir}/shard_${SHARD%/*}_of_${SHARD#*/}"
-    shard_args=(TRAINER.TPT.SHARD "$SHARD")
+    shard_args=("TRAINER.${node}.SHARD" "$SHARD")
   fi
   run_train "$dir" \
     --seed "$seed" \
-    --trainer TPT \
-    --config-file "configs/trainers/TPT/${cfg}.yaml" \
+    --trainer "$trainer" \
+    --config-file "configs/trainers/${trainer}/${cfg}.yaml" \
     "$@" \
-    TRAINER.TPT.TEST_SETS "$sets" \
+    "TRAINER.${node}.TEST_SETS" "$sets" \
     ${shard_args[@]+"${shard_args[@]}"}
+}
+
+# run_tpt MODE CFG SETS ARGS...: TPT (run_test_time TPT ...).
+run_tpt() {
+  run_test_time TPT "$@"
 }
 
 # run_tpt_from MODE CFG SETS MODEL ARGS...: TPT starting from a learned context. MODEL is a run folder

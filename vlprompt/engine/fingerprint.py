@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 SEED_KEY = "SEED"
+# The config sections of the test-time methods (TPT and its successors), which share the harness's keys.
+TEST_TIME_SECTIONS = ("TPT", "CTPT", "ZERO", "MTA", "TDA")
 # Keys that change where a run writes, how fast it runs or what it prints, never what it computes.
 # Prefix matches: "TEST.PER_CLASS_RESULT" drops that key, "TRAINER.TPT.SHARD" that key only.
 NON_RESULT_KEYS: tuple[str, ...] = (
@@ -44,6 +46,8 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "TRAINER.TPT.BATCH_IMAGES",  # independent prompts per image: same predictions
     "TRAINER.TPT.SHARD",
     "TRAINER.TPT.PRINT_FREQ",
+    # The same harness keys of TPT's successors (C-TPT, Zero, MTA, TDA).
+    *(f"TRAINER.{node}.{key}" for node in TEST_TIME_SECTIONS[1:] for key in ("BATCH_IMAGES", "SHARD", "PRINT_FREQ")),
     "MODEL.BACKBONE.WEIGHTS",  # where the weights file is; its content counts (the weights_sha256 extra)
 )
 

@@ -21,10 +21,11 @@ from vlprompt.results.tables import (
     few_shot_table,
     harmonic_mean,
     tpt_tables,
+    tta_tables,
 )
 
 __all__ = [
     "NA", "Cell", "Collection", "FewShotResults", "Problem", "Run", "RunSettings", "Table", "base2new_table",
     "build_tables", "collect_runs", "cross_dataset_table", "dg_table", "few_shot_results", "few_shot_table",
-    "harmonic_mean", "tpt_tables",
+    "harmonic_mean", "tpt_tables", "tta_tables",
 ]

@@ -21,6 +21,7 @@ PROTOCOL_ALIASES = {
     "base2new": ("base2new",), "base-to-new": ("base2new",), "b2n": ("base2new",),
     "cross_dataset": ("cross_dataset",), "cross-dataset": ("cross_dataset",), "xd": ("cross_dataset",),
     "dg": ("dg",), "domain_generalization": ("dg",), "domain-generalization": ("dg",), "tpt": ("tpt",),
+    "tta": ("tta",), "test-time": ("tta",), "test_time": ("tta",),
 }
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex"}
 
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m vlprompt.tables",
         description="Build the tables papers print (few-shot, base-to-new, cross-dataset, domain generalisation, "
-                    "TPT) from the runs under output folders (run.json records, else log.txt).",
+                    "TPT, and the test-time methods with top-1, ECE and seconds per image) from the runs under "
+                    "output folders (run.json records, else log.txt).",
     )
     parser.add_argument("roots", nargs="+", help="output folder(s) searched recursively for runs")
     parser.add_argument("--protocol", default="all", choices=sorted(PROTOCOL_ALIASES),

@@ -28,13 +28,21 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
-from vlprompt.engine.fingerprint import SEED_KEY, differing_keys, fingerprint, result_settings, without_keys
+from vlprompt.engine.fingerprint import (
+    SEED_KEY,
+    TEST_TIME_SECTIONS,
+    differing_keys,
+    fingerprint,
+    method_section,
+    result_settings,
+    without_keys,
+)
 from vlprompt.results.runs import Run, resolve_model_dir, runs_in_folder
 
-# Keys no table compares: every table has a column per dataset (TPT's TEST_SETS only lists them).
-COLUMN_KEYS = (SEED_KEY, "DATASET.NAME", "TRAINER.TPT.TEST_SETS")
+# Keys no table compares: every table has a column per dataset (a test-time method's TEST_SETS only lists them).
+COLUMN_KEYS = (SEED_KEY, "DATASET.NAME", *(f"TRAINER.{node}.TEST_SETS" for node in TEST_TIME_SECTIONS))
 # A path, described by the init.* settings instead (so moving the output tree changes nothing).
-REPLACED_KEYS = ("TRAINER.TPT.LOAD",)
+REPLACED_KEYS = tuple(f"TRAINER.{node}.LOAD" for node in TEST_TIME_SECTIONS)
 PARTIAL = "settings"  # present (as PARTIAL_VALUE) only in the settings of runs without a stored config
 PARTIAL_VALUE = "no stored config"
 WEIGHTS = "weights_sha256"
@@ -173,7 +181,7 @@ class RunSettings:
         """(the model folder or checkpoint path a run started from, the checkpoint's file name if it names one)."""
         if run.model_dir:
             return str(run.model_dir), None
-        load = _config_value(run.config, "TRAINER.TPT.LOAD") if tpt else None
+        load = _config_value(run.config, f"TRAINER.{method_section(run.trainer)}.LOAD") if tpt else None
         if not load:
             return None, None
         load = str(load)

@@ -156,10 +156,14 @@ def runs_from_record(directory: str, record: dict) -> list[Run]:
     if not isinstance(per_dataset, dict) or not per_dataset:
         per_dataset = {k: v for k, v in metrics.items() if isinstance(v, dict)}
     groups = per_dataset if per_dataset else {record["dataset"]: metrics}
+    section = record.get("tpt") if isinstance(record.get("tpt"), dict) else {}
+    timing = section.get("seconds_per_image") if isinstance(section.get("seconds_per_image"), dict) else {}
     runs = []
     for dataset, values in groups.items():
         if not isinstance(values, dict):
             raise TypeError(f'{RUN_RECORD}: the metrics of "{dataset}" are {type(values).__name__}, not an object')
+        if isinstance(timing.get(dataset), (int, float)):  # a test-time run's cost, kept beside its metrics
+            values = {**values, "seconds_per_image": timing[dataset]}
         runs.append(Run(
             directory=directory,
             origin=RUN_RECORD,

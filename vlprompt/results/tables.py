@@ -1,4 +1,5 @@
-"""The tables the CoOp, CoCoOp and TPT papers print, built from runs.
+"""The tables the CoOp, CoCoOp and TPT papers print, built from runs, and the test-time methods side by side
+(top-1, calibration error and cost).
 
 Conventions, the same in every table:
 - a cell is the mean over seeds with the population standard deviation (``np.std``, as
@@ -41,7 +42,7 @@ from vlprompt.results.runs import (
 NA = "n/a"  # a cell that does not apply (as opposed to None: a run that is missing)
 ZERO_SHOT_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 LINEAR_PROBE_TRAINER = "LinearProbeCLIP"
-TABLE_KINDS = ("few_shot", "base2new", "cross_dataset", "dg", "tpt")
+TABLE_KINDS = ("few_shot", "base2new", "cross_dataset", "dg", "tpt", "tta")
 IN_NO_TABLE = ("full",)  # protocols no paper table shows (trained on all the data)
 TRANSFER_PROTOCOLS = ("zeroshot", "tpt", "cross_dataset", "domain_generalization", "eval")
 # Config keys a table's columns stand for (beyond identity.COLUMN_KEYS: seed and dataset): runs that
@@ -530,6 +531,58 @@ def tpt_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label
     return tables
 
 
+# ------------------------------------------------------------------------------------------ test-time methods
+# What the test-time methods' table shows per method: top-1, C-TPT's calibration error and the cost.
+TTA_METRICS = (("accuracy", "Top-1"), ("ece", "ECE"), ("seconds_per_image", "s/image"))
+TTA_ORDER = ("TPT", "CTPT", "Zero", "MTA", "TDA")  # TPT, then its successors by the papers' dates
+
+
+def tta_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label_by: Sequence[str] = ("trainer",),
+               source: str = "ImageNet", *, vary: Sequence[str] = (),
+               settings: RunSettings | None = None) -> list[Table]:
+    """The test-time methods (TPT, C-TPT, Zero, MTA, TDA, ...) side by side in TPT's layout: ``source`` and
+    its distribution shifts (Average, OOD Average), then the other sets (Average); per method a row of
+    top-1, one of expected calibration error and one of seconds per image."""
+    source = canonical_dataset(source)
+    runs = [run for run in runs if run.protocol == "tpt"]
+    settings = settings or RunSettings(runs)
+    results = {metric: transfer_results(runs, source, label_by, metric, vary=vary, settings=settings)
+               for metric, _ in TTA_METRICS}
+    top1 = results["accuracy"]
+    wanted = _selected(datasets)
+    found = set(wanted) if wanted is not None else top1.datasets_of(["tpt"])
+    methods = sorted(order_methods(top1.methods_with(["tpt"]), top1.trainer_of),
+                     key=lambda m: TTA_ORDER.index(top1.trainer_of.get(m)) if top1.trainer_of.get(m) in TTA_ORDER
+                     else len(TTA_ORDER))  # stable: the rest keep order_methods' order after these
+    legend = ("Top-1 and ECE in %; ECE: expected calibration error of the predictions' confidences (ECE_BINS "
+              "equal-width bins, C-TPT's 20 by default); s/image: seconds per test image as the run timed it "
+              "(its machine, its batch; a resumed run's time covers the images it did).")
+    notes = [*top1.groups.notes, legend]
+    tables = []
+    shift_sets = SHIFT_SETS.get(source, (source,))
+    groups = []
+    shifts = [d for d in shift_sets if d in found]
+    if shifts:
+        groups.append((f"Test-time methods: {display_name(source)} and its distribution shifts", shifts,
+                       [("Average", shifts), ("OOD Average", [d for d in shifts if d != source])]))
+    fine = order_datasets(found - set(shift_sets), TPT_FINE_GRAINED)
+    if fine:
+        groups.append(("Test-time methods: fine-grained datasets", fine, [("Average", fine)]))
+    for title, columns, averages in groups:
+        table = Table("tta", title, ["Method", "Metric"], [display_name(c) for c in columns] + [n for n, _ in averages],
+                      notes=notes if not tables else [])
+        for method in methods:
+            for metric, name in TTA_METRICS:
+                cells: list[CellValue] = [results[metric].cell(method, d) for d in columns]
+                cells += [mean_of(results[metric].cell(method, d) for d in over) if over else None
+                          for _, over in averages]
+                table.rows.append(([method, name], cells))
+        for name, over in averages:
+            table.notes.append(f"{name}: mean over {', '.join(display_name(d) for d in over)}; missing when any is.")
+        tables.append(table)
+    return tables
+
+
 # ------------------------------------------------------------------------------------------ all
 def build_tables(runs: Sequence[Run], kinds: Sequence[str] = TABLE_KINDS, datasets: Sequence[str] | None = None,
                  label_by: Sequence[str] = ("trainer",), metric: str = "accuracy",
@@ -558,6 +611,9 @@ def build_tables(runs: Sequence[Run], kinds: Sequence[str] = TABLE_KINDS, datase
         elif kind == "tpt":
             if any(r.protocol == "tpt" for r in runs):
                 tables += tpt_tables(runs, datasets, label_by, metric, source, **same)
+        elif kind == "tta":
+            if any(r.protocol == "tpt" for r in runs):
+                tables += tta_tables(runs, datasets, label_by, source, **same)
         else:
             raise ValueError(f'unknown table "{kind}"; choose from {", ".join(TABLE_KINDS)}')
     return tables

@@ -1,3 +1,3 @@
 """Registered trainers; importing this package registers every method and its config keys."""
 
-from vlprompt.trainers import cocoop, coop, genpt, linear_probe, tpt, zsclip  # noqa: F401
+from vlprompt.trainers import cocoop, coop, ctpt, genpt, linear_probe, mta, tda, tpt, zero, zsclip  # noqa: F401

@@ -1,7 +1,12 @@
 """Test-time evaluation: the harness every test-time method runs on (``harness.py``: datasets, views, the
-per-image loop, resumable and shardable prediction logs), and TPT's pieces (confidence selection and the
-entropy objective, the tuning loop on cached features, initial contexts from words or checkpoints). TPT
-itself (``trainers/tpt.py``) is its method on the harness."""
+per-image loop, resumable and shardable prediction logs with each prediction's confidence, ECE and
+``predictions.csv``), TPT's pieces (confidence selection and the entropy objective, the tuning loop on
+cached features, initial contexts from words or checkpoints; ``prompt_tuning.py`` for the methods that tune
+the prompt), and its successors' algorithms: C-TPT's text-feature dispersion (``objective.py``), Zero's
+zero-temperature vote (``zero.py``), MTA's MeanShift (``mta.py``), TDA's caches over the test stream
+(``tda.py``), with fixed class texts from prompt starts or templates (``text.py``) and C-TPT's calibration
+error (``calibration.py``). The methods themselves are trainers (``trainers/tpt.py``, ``ctpt.py``,
+``zero.py``, ``mta.py``, ``tda.py``)."""
 
 from vlprompt.tta.objective import marginal_entropy, num_selected, select_confident, view_entropy
 from vlprompt.tta.sources import (

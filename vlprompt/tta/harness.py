@@ -9,12 +9,22 @@ the run record. A method subclasses :class:`TestTimeTrainer` and supplies only
 * :meth:`~TestTimeTrainer.build_method` – its settings and starting state, once CLIP is loaded;
 * :meth:`~TestTimeTrainer.start_set` – its state for one class set (e.g. prompt learner and tuner);
 * :meth:`~TestTimeTrainer.adapt` – its objective/update and prediction for a batch of test images,
-  given their views' image features;
+  given their views' image features (logits, or an :class:`Adapted` with the predicted distribution and
+  what the method logs per image);
 * :meth:`~TestTimeTrainer.method_detail` / :meth:`~TestTimeTrainer.method_fingerprint` – what identifies
   its results (checked when a prediction log is continued).
 
+A method may also override where it differs from TPT: :meth:`~TestTimeTrainer.view_settings` (views per dataset),
+:meth:`~TestTimeTrainer.stream_order` and :meth:`~TestTimeTrainer.resume_set` (an online method: the
+order images arrive in, and its state rebuilt from the images a killed run logged).
+
+Every image's confidence goes into its log row, so each dataset's result block has the expected
+calibration error (``ECE_BINS`` bins, :mod:`vlprompt.tta.calibration`) and ``OUTPUT_DIR/predictions.csv``
+lists every prediction.
+
 Its config node (``TRAINER.<cfg_node>``) holds the harness keys ``N_VIEWS``, ``AUG``, ``BATCH_IMAGES``,
-``GPU_VIEWS``, ``SHARD``, ``TEST_SETS``, ``PRINT_FREQ`` and ``PREC`` (``amp`` or ``fp32``) next to its own.
+``GPU_VIEWS``, ``SHARD``, ``TEST_SETS``, ``PRINT_FREQ``, ``PREC`` (``amp`` or ``fp32``) and ``ECE_BINS``
+next to its own (:func:`add_test_time_keys`).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import os.path as osp
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,17 +52,21 @@ from vlprompt.engine.trainer import adopt_data_manager
 from vlprompt.errors import UserKeyError, UserValueError
 from vlprompt.modeling import weights_fingerprint_extras
 from vlprompt.prompt_trainer import ClipTrainer
+from vlprompt.tta.calibration import DEFAULT_ECE_BINS
 from vlprompt.tta.data import TPTViewDataset, collate_views, device_views
 from vlprompt.tta.records import (
     PREDICTIONS_DIR,
     PredictionLog,
+    add_timing,
     prediction_path,
     prediction_row,
+    predictions_csv_path,
     print_summary,
     report,
     shard_from_config,
     shard_indices,
     shard_name,
+    write_predictions_csv,
 )
 from vlprompt.tta.tuner import encode_views
 from vlprompt.tta.views import AUG_CHOICES, ViewMaker, resolve_aug
@@ -66,6 +81,31 @@ REFERENCE_SET_IDS = {
     "sun397": "SUN397", "aircraft": "FGVCAircraft", "pets": "OxfordPets", "caltech101": "Caltech101",
     "ucf101": "UCF101", "eurosat": "EuroSAT",
 }  # fmt: skip
+
+
+def add_test_time_keys(node, n_views: int = 64, aug: str = "auto", prec: str = "amp") -> None:
+    """The harness's keys in a test-time method's config node, with the method's view defaults."""
+    node.N_VIEWS = n_views  # views per test image, the original included (the reference's -b)
+    node.AUG = aug  # auto (the method's rule per dataset), crop or augmix
+    node.PREC = prec  # amp (fp16 autocast on CUDA) or fp32
+    node.BATCH_IMAGES = 1  # test images adapted at once (each independently; same result)
+    node.GPU_VIEWS = False  # make the views on the model's device instead of in loader workers
+    node.SHARD = ""  # "i/n": evaluate the i-th of n parts (else $VLPROMPT_TPT_SHARD)
+    node.TEST_SETS = ""  # "/"-separated datasets (names or reference ids); "" = DATASET.NAME
+    node.PRINT_FREQ = 200
+    node.ECE_BINS = DEFAULT_ECE_BINS  # bins of the expected calibration error (C-TPT's code: 20)
+
+
+@dataclass
+class Adapted:
+    """What :meth:`TestTimeTrainer.adapt` gives for B images: ``logits`` ``(B, n_cls)`` rank the classes;
+    ``probs`` ``(B, n_cls)`` is the predicted distribution whose value at the prediction is its confidence
+    (``softmax(logits)`` when None); ``extras`` one dict per image, logged in its row (what an online
+    method needs to rebuild its state on resume)."""
+
+    logits: torch.Tensor
+    probs: torch.Tensor | None = None
+    extras: list[dict] | None = None
 
 
 def resolve_set_name(name: str, node: str = "TPT") -> str:
@@ -106,6 +146,7 @@ class TestTimeTrainer(ClipTrainer):
 
     __test__ = False  # not a pytest test class, whatever its name says
     cfg_node = ""  # the method's TRAINER.<node>
+    PROTOCOL = "tpt"  # the run records' protocol of every test-time method (tables put them together)
 
     @property
     def method_cfg(self):
@@ -124,10 +165,31 @@ class TestTimeTrainer(ClipTrainer):
         """The method's state for one class set, handed to every :meth:`adapt` call on that set."""
         raise NotImplementedError
 
-    def adapt(self, state: Any, features: torch.Tensor) -> torch.Tensor:
+    def adapt(self, state: Any, features: torch.Tensor) -> torch.Tensor | Adapted:
         """Logits ``(B, n_cls)`` of the original views (index 0) of B test images, given the unnormalised
-        image features ``(B, N_VIEWS, E)`` of their views: the method's objective, update and prediction."""
+        image features ``(B, N_VIEWS, E)`` of their views: the method's objective, update and prediction.
+        An :class:`Adapted` adds the predicted distribution and what to log per image."""
         raise NotImplementedError
+
+    def view_settings(self, set_name: str) -> tuple[int, str]:
+        """(views per image, ``crop`` or ``augmix``) on one dataset: ``N_VIEWS`` and ``AUG`` (``auto``: crops
+        for the ImageNet family, AugMix otherwise, as TPT)."""
+        node = self.method_cfg
+        return node.N_VIEWS, resolve_aug(node.AUG, self.set_names[set_name])
+
+    def stream_order(self, set_name: str, indices: list[int]) -> list[int]:
+        """The order the images ``indices`` (of one dataset) are adapted in; an online method's results
+        depend on it. Episodic methods keep the index order."""
+        return indices
+
+    def resume_set(self, state: Any, rows: list[dict]) -> None:
+        """Bring ``state`` to where a killed run stopped, from the rows it logged (in stream order); an
+        episodic method has nothing to bring back."""
+
+    def method_header(self, state: Any) -> dict:
+        """What the method records in a dataset's prediction log header beside the settings (e.g. what a
+        merge of shards needs to replay an online method)."""
+        return {}
 
     def method_detail(self) -> dict:
         """The method's settings that change predictions (recorded in each prediction log's header)."""
@@ -141,6 +203,25 @@ class TestTimeTrainer(ClipTrainer):
         """(steps, lr) for the reference's closing summary line."""
         return 0, 0.0
 
+    def run_record_extra(self) -> dict:
+        """The ``tpt`` section of ``run.json`` (the test-time section every method on the harness writes:
+        start, seed, shard, datasets, views and the method's settings); the per-dataset metrics are written
+        by the run record itself as ``metrics_per_dataset``."""
+        node = self.method_cfg
+        context = getattr(self, "context", None)
+        extra = {
+            "tpt": {
+                "method": self.cfg_node, "init": context.kind if context is not None else "templates",
+                "init_detail": context.describe() if context is not None else "", "seed": self.seed,
+                "shard": shard_name(self.shard), "test_sets": list(self.set_names), "n_views": node.N_VIEWS,
+                "prec": self.prec, "batch_images": node.BATCH_IMAGES, "gpu_views": bool(node.GPU_VIEWS),
+                "seconds_per_image": dict(getattr(self, "seconds_per_image", {})), **self.method_detail(),
+            },
+        }
+        if not self.cfg.DATASET.NAME:  # the datasets came from TEST_SETS
+            extra["dataset"] = next(iter(self.set_names.values()))
+        return extra
+
     # ---------------------------------------------------------------------------------------- config
     def check_cfg(self, cfg) -> None:
         node = cfg.TRAINER[self.cfg_node]
@@ -153,6 +234,8 @@ class TestTimeTrainer(ClipTrainer):
             problems.append(f'PREC is "{node.PREC}"; use one of {", ".join(TEST_TIME_PRECISIONS)}')
         if node.AUG not in AUG_CHOICES:
             problems.append(f'AUG is "{node.AUG}"; use one of {", ".join(AUG_CHOICES)}')
+        if node.get("ECE_BINS", DEFAULT_ECE_BINS) < 1:
+            problems.append(f"ECE_BINS is {node.ECE_BINS}; use >= 1")
         problems[1:1] = self.method_problems(node)  # in the order the keys are listed
         if problems:
             raise UserValueError(f"TRAINER.{self.cfg_node}: " + "; ".join(problems))
@@ -223,6 +306,7 @@ class TestTimeTrainer(ClipTrainer):
 
     def test(self, split: str | None = None) -> float:
         results: OrderedDict[str, OrderedDict] = OrderedDict()
+        self.seconds_per_image: dict[str, float] = {}
         for set_name in self.set_names:
             metrics = self.evaluate_set(set_name, split or self.cfg.TEST.SPLIT)
             if metrics is not None:
@@ -241,6 +325,8 @@ class TestTimeTrainer(ClipTrainer):
                 top5_accuracy=float(np.mean([r["top5_accuracy"] for r in results.values()])),
                 images=int(sum(r["images"] for r in results.values())),
             )
+            if all("ece" in r for r in results.values()):
+                self.test_results["ece"] = float(np.mean([r["ece"] for r in results.values()]))
         return self.test_results["accuracy"]
 
     def evaluate_set(self, set_name: str, split: str = "test") -> OrderedDict | None:
@@ -250,23 +336,27 @@ class TestTimeTrainer(ClipTrainer):
         dataset = dm.dataset
         items = dataset.test if split == "test" or not dataset.val else dataset.val
         classnames = dataset.classnames
-        aug = resolve_aug(node.AUG, self.set_names[set_name])
-        maker = ViewMaker(self.clip.preprocess.size, node.N_VIEWS, aug == "augmix",
-                          cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
-        logger.info(f"evaluating: {set_name} ({len(items):,} {split} images, {len(classnames)} classes, views: "
-                    f"{'crop + flip + AugMix' if aug == 'augmix' else 'crop + flip'}"
+        n_views, aug = self.view_settings(set_name)
+        maker = ViewMaker(self.clip.preprocess.size, n_views, aug == "augmix", cfg.INPUT.PIXEL_MEAN,
+                          cfg.INPUT.PIXEL_STD)
+        views = "the original only" if n_views == 1 else "crop + flip + AugMix" if aug == "augmix" else "crop + flip"
+        logger.info(f"evaluating: {set_name} ({len(items):,} {split} images, {len(classnames)} classes, views: {views}"
                     + (f", shard {shard_name(self.shard)}" if self.shard else "") + ")")
 
+        # What start_set is for (a method's settings may depend on the dataset; an online method's stream
+        # on the number of images).
+        self.current_set, self.current_size = set_name, len(items)
         state = self.start_set(classnames)
-        header = self._log_header(set_name, split, items, classnames, aug)
+        header = {**self._log_header(set_name, split, items, classnames, aug, n_views), **self.method_header(state)}
         path = prediction_path(cfg.OUTPUT_DIR, set_name, self.shard) if cfg.OUTPUT_DIR else None
         log = PredictionLog(path, header)
-        mine = shard_indices(len(items), self.shard)
+        mine = self.stream_order(set_name, shard_indices(len(items), self.shard))
         todo = [i for i in mine if i not in log.done]
         if log.done:
             logger.info(f"Resuming: {len(mine) - len(todo):,} of {len(mine):,} images already done ({path})")
+            self.resume_set(state, [log.done[i] for i in mine if i in log.done])
         self._progress = (set_name, len(mine) - len(todo), len(mine))  # for interruption_hint
-        skipped = self._adapt_items(items, todo, maker, state, log)
+        skipped, timed = self._adapt_items(items, todo, maker, state, log)
 
         mine_set = set(mine)
         rows = [row for row in log.rows() if row["i"] in mine_set]
@@ -276,13 +366,29 @@ class TestTimeTrainer(ClipTrainer):
         if cfg.DATALOADER.SKIP_CORRUPT_IMAGES:  # left out before the run, and by the loader
             preskipped = getattr(dm, "preskipped", {})
             announce_skipped(len(preskipped.get("test" if items is dataset.test else "val", [])) + skipped)
-        return report(rows, len(classnames), cfg, set_name, self.lab2cname)
+        metrics = report(rows, len(classnames), cfg, set_name, self.lab2cname,
+                         ece_bins=node.get("ECE_BINS", DEFAULT_ECE_BINS))
+        seconds = add_timing(path, *timed)  # kept beside the metrics, over every run that added to this log
+        if seconds is not None:
+            self.seconds_per_image[set_name] = seconds
+        self._write_predictions_csv(set_name, classnames, rows)
+        return metrics
 
-    def _adapt_items(self, items, todo, maker, state, log) -> int:
-        """Adapt to and predict the images ``todo``; returns how many were skipped as unreadable."""
+    def _write_predictions_csv(self, set_name: str, classnames, rows: list[dict]) -> None:
+        """``predictions.csv`` with the datasets evaluated so far in this run (rebuilt after each one)."""
+        if not self.cfg.OUTPUT_DIR:
+            return
+        done = getattr(self, "_csv_sets", OrderedDict())
+        done[set_name] = (set_name, list(classnames), rows)
+        self._csv_sets = done
+        write_predictions_csv(predictions_csv_path(self.cfg.OUTPUT_DIR, self.shard), done.values())
+
+    def _adapt_items(self, items, todo, maker, state, log) -> tuple[int, tuple[int, float]]:
+        """Adapt to and predict the images ``todo``; returns how many were skipped as unreadable and (images
+        done, seconds they took)."""
         cfg, node = self.cfg, self.method_cfg
         if not todo:
-            return 0
+            return 0, (0, 0.0)
         on_device = bool(node.GPU_VIEWS)
         views_data = TPTViewDataset(items, todo, maker, self.seed, on_device=on_device,
                                     skip_corrupt=bool(cfg.DATALOADER.SKIP_CORRUPT_IMAGES))
@@ -301,8 +407,7 @@ class TestTimeTrainer(ClipTrainer):
             else:
                 views = batch["views"].to(self.device, non_blocking=True)
             features = encode_views(self.image_encoder, views, chunk=cfg.DATALOADER.TEST.BATCH_SIZE, amp=self.amp)
-            logits = self.adapt(state, features).cpu()
-            rows = [prediction_row(i, y, l) for i, y, l in zip(batch["index"].tolist(), batch["label"].tolist(), logits)]
+            rows = self._rows(items, batch, self.adapt(state, features))
             log.append(rows)
             set_name, logged, total = self._progress
             self._progress = (set_name, logged + len(rows), total)
@@ -318,7 +423,22 @@ class TestTimeTrainer(ClipTrainer):
         logger.info(f" *  Acc@1 {top1.avg:.3f} Acc@5 {top5.avg:.3f}")
         seconds = time.time() - started
         logger.info(f"{self.cfg_node}: {done:,} images in {seconds:.1f} s ({seconds / max(done, 1):.3f} s/image)")
-        return len(views_data.skipped_indices)
+        return len(views_data.skipped_indices), (done, seconds)
+
+    def _rows(self, items, batch: dict, adapted: torch.Tensor | Adapted) -> list[dict]:
+        """The log rows of a batch: top-5, confidence, image path and the method's extras per image."""
+        if not isinstance(adapted, Adapted):
+            adapted = Adapted(adapted)
+        logits = adapted.logits.detach().float().cpu()
+        probs = adapted.probs.detach().float().cpu() if adapted.probs is not None else logits.softmax(-1)
+        extras = adapted.extras or [None] * len(logits)
+        root = osp.abspath(osp.expanduser(self.cfg.DATASET.ROOT)) if self.cfg.DATASET.ROOT else ""
+        rows = []
+        for k, (i, y) in enumerate(zip(batch["index"].tolist(), batch["label"].tolist())):
+            path = items[i].impath
+            image = osp.relpath(path, root) if root and osp.isabs(path) else path
+            rows.append(prediction_row(i, y, logits[k], probs[k], image, extras[k]))
+        return rows
 
     def interruption_hint(self) -> str:
         """Where a Ctrl-C stopped the run: the image it was adapting to and how many are logged (and kept)."""
@@ -337,22 +457,23 @@ class TestTimeTrainer(ClipTrainer):
         """The CLIP weights' hash and the method's starting state."""
         return {**weights_fingerprint_extras(self.cfg), f"{self.cfg_node.lower()}_init": self.method_fingerprint()}
 
-    def _log_header(self, set_name: str, split: str, items, classnames, aug: str) -> dict:
+    def _log_header(self, set_name: str, split: str, items, classnames, aug: str, n_views: int) -> dict:
         cfg, node = self.cfg, self.method_cfg
         root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT)) if cfg.DATASET.ROOT else ""
         digest = hashlib.sha256()
         for item in items:
             digest.update(f"{osp.relpath(item.impath, root) if root else item.impath}\t{item.label}\n".encode())
         detail = {
-            "backbone": cfg.MODEL.BACKBONE.NAME, "n_views": node.N_VIEWS, **self.method_detail(), "aug": aug,
+            "backbone": cfg.MODEL.BACKBONE.NAME, "n_views": n_views, **self.method_detail(), "aug": aug,
             "prec": self.prec, "gpu_views": bool(node.GPU_VIEWS), "init": self.method_fingerprint(),
             "pixel_mean": list(cfg.INPUT.PIXEL_MEAN), "pixel_std": list(cfg.INPUT.PIXEL_STD),
         }
         settings = hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()[:12]
         return {
-            "set": set_name, "dataset": self.set_names[set_name], "split": split, "num_items": len(items),
+            "method": self.cfg_node, "set": set_name, "dataset": self.set_names[set_name], "split": split,
+            "num_items": len(items),
             "items_hash": digest.hexdigest()[:12], "num_classes": len(classnames), "classnames": list(classnames),
             "seed": self.seed, "settings": settings, "settings_detail": detail, "shard": shard_name(self.shard),
-            "order": list(self.set_names).index(set_name),
+            "order": list(self.set_names).index(set_name), "ece_bins": node.get("ECE_BINS", DEFAULT_ECE_BINS),
             "weights_sha256": weights_fingerprint_extras(cfg)["weights_sha256"],
         }

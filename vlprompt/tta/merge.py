@@ -1,10 +1,12 @@
-"""Merge the prediction logs of a sharded TPT run into the result of one run.
+"""Merge the prediction logs of a sharded test-time run (TPT, C-TPT, Zero, MTA, TDA) into the result of one run.
 
     python -m vlprompt.tta.merge OUTPUT_DIR [OUTPUT_DIR ...] [--output-dir MERGED]
 
 Each argument is a prediction log or a folder searched for them (``tpt_predictions/*.jsonl`` at any depth).
 Every shard ``i/n`` of a dataset must be present once and complete; the merged predictions give the same
-result block, top-5 and reference line as an unsharded run, and with several datasets its summary.
+result block, top-5, ECE and reference line as an unsharded run, and with several datasets its summary. An
+online method's shards (TDA: each shard saw only its part of the stream) are replayed as one stream from the
+summaries their rows logged, so the merged predictions are those of an unsharded run.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from collections.abc import Sequence
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.logging import setup_console_logging
 from vlprompt.errors import UserFileNotFoundError
+from vlprompt.tta.calibration import DEFAULT_ECE_BINS
 from vlprompt.tta.records import (
     COMPATIBLE_FIELDS,
     FORMAT,
+    PREDICTIONS_CSV,
     PREDICTIONS_DIR,
     PredictionLogError,
     _read_lines,
@@ -30,6 +34,7 @@ from vlprompt.tta.records import (
     print_summary,
     report,
     shard_indices,
+    write_predictions_csv,
 )
 
 
@@ -96,6 +101,10 @@ def merge_logs(paths: Sequence[str]) -> OrderedDict:
             if missing:
                 raise PredictionLogError(f"{set_name}: shard(s) {', '.join(f'{i}/{n}' for i in missing)} missing")
             rows = [row for _, shard_rows in by_shard.values() for row in shard_rows]
+            if first.get("stream"):  # an online method: its shards' caches saw parts of the stream
+                from vlprompt.tta.tda import replay_rows
+
+                rows = replay_rows(first, rows)
         merged.append((first.get("order", 0), set_name, dict(first, shard=""), sorted(rows, key=lambda r: r["i"])))
     merged.sort(key=lambda entry: entry[0])
     return OrderedDict((name, (header, rows)) for _, name, header, rows in merged)
@@ -119,10 +128,12 @@ def main(argv: Sequence[str] | None = None) -> OrderedDict:
     if args.output_dir:  # an earlier merge's output is not one of the shards
         own = osp.join(osp.abspath(args.output_dir), "")
         logs = [path for path in logs if not path.startswith(own)]
-    for set_name, (header, rows) in merge_logs(logs).items():
+    merged = merge_logs(logs)
+    for set_name, (header, rows) in merged.items():
         classnames = header.get("classnames") or []
         lab2cname = dict(enumerate(classnames)) if classnames else None
-        results[set_name] = report(rows, header["num_classes"], cfg, set_name, lab2cname)
+        results[set_name] = report(rows, header["num_classes"], cfg, set_name, lab2cname,
+                                   ece_bins=header.get("ece_bins", DEFAULT_ECE_BINS))
         settings = header.get("settings_detail") or {}
         if args.output_dir:
             out = osp.join(args.output_dir, PREDICTIONS_DIR, f"{set_name}.jsonl")
@@ -131,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> OrderedDict:
     if len(results) > 1:
         print_summary(results, settings.get("steps", 1), settings.get("lr", 5e-3), settings.get("n_views", 64))
     if args.output_dir:
+        write_predictions_csv(osp.join(args.output_dir, PREDICTIONS_CSV),
+                              [(name, header.get("classnames") or [], rows) for name, (header, rows) in merged.items()])
         payload = {name: dict(metrics) for name, metrics in results.items()}
         atomic_write_text(osp.join(args.output_dir, "tpt_results.json"), json.dumps(payload, indent=2) + "\n")
     return results

@@ -1,4 +1,5 @@
-"""TPT's objective: confidence selection of views and the entropy of their averaged prediction."""
+"""TPT's objective: confidence selection of views and the entropy of their averaged prediction; C-TPT's
+text-feature dispersion term."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
     log_mean = torch.logsumexp(log_p, dim=-2) - math.log(logits.shape[-2])
     log_mean = log_mean.clamp(min=torch.finfo(log_mean.dtype).min)
     return -(log_mean.exp() * log_mean).sum(-1)
+
+
+def text_dispersion(text: torch.Tensor) -> torch.Tensor:
+    """C-TPT's average text feature dispersion (ATFD) of normalised class text features ``(..., C, E)``:
+    the mean over classes of the L2 distance to their centroid, ``(...)``."""
+    return torch.linalg.norm(text - text.mean(-2, keepdim=True), dim=-1).mean(-1)
+
+
+def calibrated_entropy(weight: float):
+    """C-TPT's per-image loss: TPT's entropy of the averaged prediction minus ``weight`` (its lambda) times
+    the dispersion of the class text features, ``(chosen logits (B, k, C), text (B, C, E)) -> (B,)``."""
+
+    def objective(chosen: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return marginal_entropy(chosen) - weight * text_dispersion(text.float())
+
+    return objective

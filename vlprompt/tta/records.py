@@ -10,6 +10,8 @@ does not depend on the shard, the batch or a resume, and merged shards equal one
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -24,15 +26,16 @@ from tabulate import tabulate
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.evaluation import build_evaluator
 from vlprompt.errors import UserError, UserValueError, write_error
+from vlprompt.tta.calibration import DEFAULT_ECE_BINS, expected_calibration_error
 
 FORMAT = "vlprompt-tpt-predictions-v1"
 PREDICTIONS_DIR = "tpt_predictions"
 SHARD_ENV = "VLPROMPT_TPT_SHARD"
 # Header fields that must agree between a log and the run that continues it (or the shards being merged).
 COMPATIBLE_FIELDS = ("format", "dataset", "split", "num_items", "items_hash", "num_classes", "seed", "settings",
-                     "weights_sha256")
+                     "weights_sha256", "method")
 # Fields logs written by earlier versions lack: such a log is continued with a warning, not refused.
-ADDED_FIELDS = ("weights_sha256",)
+ADDED_FIELDS = ("weights_sha256", "method")
 # What a failed append leaves intact.
 APPEND_INTACT = ("the predictions logged before are intact; free some space and run the same command again "
                  "to continue")
@@ -158,10 +161,71 @@ class PredictionLog:
         return [self.done[i] for i in sorted(self.done)]
 
 
-def prediction_row(index: int, label: int, logits: torch.Tensor) -> dict:
-    """A log row from the tuned logits ``(n_cls,)`` of one image: its top-5 classes, best first."""
+def prediction_row(index: int, label: int, logits: torch.Tensor, probs: torch.Tensor | None = None,
+                   image: str | None = None, extra: dict | None = None) -> dict:
+    """A log row from the final scores ``(n_cls,)`` of one image: its top-5 classes, best first, and with
+    ``probs`` (its predicted distribution) ``p``, the confidence of the prediction (for the ECE); ``image``
+    its path (for ``predictions.csv``); ``extra`` what the method logs beside (e.g. what it replays)."""
     top = logits.topk(min(5, logits.shape[-1])).indices.tolist()
-    return {"i": int(index), "y": int(label), "top5": top}
+    row = {"i": int(index), "y": int(label), "top5": top}
+    if probs is not None:
+        row["p"] = float(probs[top[0]])
+    if image is not None:
+        row["img"] = image
+    if extra:
+        row.update(extra)
+    return row
+
+
+def add_timing(log_path: str | None, images: int, seconds: float) -> float | None:
+    """Add ``images`` adapted in ``seconds`` to the timing kept beside a prediction log (``<log>.timing.json``,
+    so a resumed run's cost covers the images its earlier parts did); returns the seconds per image over all
+    of them, None when none was timed. Without a log (no output folder) only this run's images count."""
+    total_images, total_seconds = images, seconds
+    if log_path is not None:
+        path = log_path[: -len(".jsonl")] + ".timing.json" if log_path.endswith(".jsonl") else log_path + ".timing"
+        if osp.exists(path):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    saved = json.load(handle)
+                total_images += int(saved["images"])
+                total_seconds += float(saved["seconds"])
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning(f'"{path}" is not a timing record; the cost is counted from this run only')
+        if images:
+            atomic_write_text(path, json.dumps({"images": total_images, "seconds": total_seconds}) + "\n")
+    return total_seconds / total_images if total_images else None
+
+
+PREDICTIONS_CSV = "predictions.csv"
+CSV_COLUMNS = ("dataset", "index", "image", "label", "label_name", "prediction", "prediction_name", "confidence",
+               "correct", "top5")
+
+
+def predictions_csv_path(output_dir: str, shard: tuple[int, int] | None) -> str:
+    """``OUTPUT_DIR/predictions.csv`` (``predictions.shard<i>of<n>.csv`` for a shard)."""
+    suffix = "" if shard is None else f".shard{shard[0]}of{shard[1]}"
+    return osp.join(output_dir, PREDICTIONS_CSV.replace(".csv", f"{suffix}.csv"))
+
+
+def write_predictions_csv(path: str, sets: Iterable[tuple[str, Sequence[str], Sequence[dict]]]) -> None:
+    """One line per test image of every ``(set name, class names, rows)``: its image, label, prediction,
+    confidence (empty when its log has none), whether it is right and its top-5 (space-separated), in one
+    atomic write (the prediction logs are the record; this file is rebuilt from them)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for set_name, classnames, rows in sets:
+        names = list(classnames)
+        for row in rows:
+            label, prediction = int(row["y"]), int(row["top5"][0])
+            writer.writerow([
+                set_name, row["i"], row.get("img", ""), label, names[label] if label < len(names) else "",
+                prediction, names[prediction] if prediction < len(names) else "",
+                repr(float(row["p"])) if "p" in row else "", int(label == prediction),
+                " ".join(str(k) for k in row["top5"]),
+            ])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def topk_accuracy(rows: Sequence[dict], k: int) -> float:
@@ -175,10 +239,19 @@ def reference_line(set_name: str, top1: float, top5: float) -> str:
     return f"=> Acc. on testset [{set_name}]: @1 {top1:.2f}/ @5 {top5:.2f}"
 
 
+def row_ece(rows: Sequence[dict], n_bins: int) -> float | None:
+    """The expected calibration error (%) of ``rows``; None when a row has no confidence (a log written
+    before vlprompt recorded them)."""
+    if not rows or any("p" not in row for row in rows):
+        return None
+    return expected_calibration_error([row["p"] for row in rows], [row["top5"][0] == row["y"] for row in rows],
+                                      n_bins)
+
+
 def report(rows: Sequence[dict], num_classes: int, cfg, set_name: str,
-           lab2cname: dict[int, str] | None = None) -> OrderedDict:
-    """Print Dassl's result block (top-1, via the evaluator) plus top-5 and the reference's line for
-    ``rows``; returns the metrics (percentages)."""
+           lab2cname: dict[int, str] | None = None, ece_bins: int = DEFAULT_ECE_BINS) -> OrderedDict:
+    """Print Dassl's result block (top-1, via the evaluator) plus top-5, the expected calibration error
+    (``ece_bins`` bins) and the reference's line for ``rows``; returns the metrics (percentages)."""
     evaluator = build_evaluator(cfg, lab2cname=lab2cname)
     evaluator.reset()
     if rows:
@@ -190,6 +263,10 @@ def report(rows: Sequence[dict], num_classes: int, cfg, set_name: str,
     results["top5_accuracy"] = topk_accuracy(rows, 5)
     results["images"] = len(rows)
     log.info(f"* top5_accuracy: {results['top5_accuracy']:.1f}%")
+    ece = row_ece(rows, ece_bins)
+    if ece is not None:
+        results["ece"] = ece
+        log.info(f"* ece: {ece:.2f}%")
     log.info(reference_line(set_name, results["accuracy"], results["top5_accuracy"]))
     return results
 

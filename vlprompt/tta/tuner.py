@@ -14,6 +14,7 @@ only back-propagates its own gradient through it, which saves one of the four te
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,13 +54,17 @@ class PromptTuner:
 
     def __init__(self, learner: PromptLearner, text_encoder: nn.Module, logit_scale: torch.Tensor,
                  settings: TPTSettings, scaler: torch.amp.GradScaler | None = None,
-                 share_first_step: bool = True) -> None:
+                 share_first_step: bool = True,
+                 objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.learner = learner
         self.text_encoder = text_encoder
         self.logit_scale = logit_scale.detach().float()
         self.settings = settings
         self.scaler = scaler
         self.share_first_step = share_first_step
+        # Per-image loss of the chosen views' logits (B, k, C) and the text features (B, C, E): TPT's entropy
+        # of the averaged prediction unless a method brings its own (C-TPT adds a text-feature term).
+        self.objective = objective or (lambda chosen, text: marginal_entropy(chosen))
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (ctx0, leaf, text graph)
 
     def autocast(self, device: torch.device):
@@ -111,7 +116,7 @@ class PromptTuner:
                 else:  # later steps reuse the first step's views, so only those are scored
                     view_index = selected[..., None].expand(-1, -1, features.shape[-1])
                     chosen = self.logits(features.gather(1, view_index), text)
-            loss_per_image = marginal_entropy(chosen)
+            loss_per_image = self.objective(chosen, text)
             loss = loss_per_image.sum()  # images are independent: each context gets its own gradient
             optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -144,7 +149,7 @@ class PromptTuner:
             logits = self.logits(features, per_image)
         selected = select_confident(logits.detach(), self.settings.selection_p)
         chosen = logits.gather(1, selected[..., None].expand(-1, -1, logits.shape[-1]))
-        loss_per_image = marginal_entropy(chosen)
+        loss_per_image = self.objective(chosen, per_image)
         loss = loss_per_image.sum()
         if self.scaler is not None:
             loss = self.scaler.scale(loss)

@@ -29,6 +29,10 @@ AUG_CHOICES = ("auto", "crop", "augmix")
 # ImageNet and its shifted test sets get crops and flips only (the reference's single-letter set ids, and
 # the authors found AugMix did not help there); every other dataset gets AugMix.
 IMAGENET_STYLE = ("ImageNet", "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR", "I", "A", "V", "R", "K")
+# The distribution shifts of a source dataset (ImageNet's, and the toy world's mirror of them), which the
+# test-time methods' own scripts treat apart from the source and the fine-grained sets.
+DISTRIBUTION_SHIFTS = ("ImageNetA", "ImageNetV2", "ImageNetR", "ImageNetSketch", "A", "V", "R", "K",
+                       "ToyWorldA", "ToyWorldR", "ToyWorldSketch")
 CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's defaults
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 AUGMIX_CHAINS = 3
