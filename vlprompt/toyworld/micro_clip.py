@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlprompt.modeling.backbones.openai import bundled_path, import_clip
+from vlprompt.modeling.backbones.openai import bundled_path, import_clip, openai_tokenizer
 from vlprompt.toyworld.captions import caption_words
 
 BUNDLED_NAME = "micro-clip"  # the MODEL.BACKBONE.NAME the OpenAI family resolves to the file below
@@ -45,9 +45,8 @@ PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def caption_token_ids() -> list[int]:
     """Token ids the toy world's text can produce (caption words, start and end of text), sorted."""
-    clip = import_clip()
-    tokenizer = clip.clip._tokenizer
-    ids = {tokenizer.encoder["<|startoftext|>"], tokenizer.encoder["<|endoftext|>"]}
+    tokenizer = openai_tokenizer()
+    ids = {tokenizer.sot_id, tokenizer.eot_id}
     for word in caption_words():
         ids.update(tokenizer.encode(word))
     return sorted(ids)

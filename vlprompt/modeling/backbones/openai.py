@@ -364,6 +364,7 @@ class OpenAITokenizer(Tokenizer):
         import_clip()
         self._bpe = SimpleTokenizer()
         self.sot_id = self._bpe.encoder["<|startoftext|>"]
+        self.eot_id = self._bpe.encoder["<|endoftext|>"]
 
     def __call__(self, texts):
         return import_clip().tokenize(texts)
