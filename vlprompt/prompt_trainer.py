@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os.path as osp
 import warnings
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 from vlprompt.compat import TrainerX
 from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
-from vlprompt.errors import UserFileNotFoundError, UserValueError
+from vlprompt.errors import UserValueError
 from vlprompt.modeling import (
     PRECISIONS,
     ClipBundle,
@@ -140,11 +139,6 @@ class PromptLearningTrainer(ClipTrainer):
         if not directory:
             log.info("Note that load_model() is skipped as no pretrained model is given")
             return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise UserFileNotFoundError(f'Model not found at "{model_path}"')
-            checkpoint = load_checkpoint(model_path, map_location=self.device)
+        for name, model_path, checkpoint in self.saved_models(directory, epoch):
             log.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             load_prompt_state(self._models[name], checkpoint["state_dict"], model_path)

@@ -16,6 +16,7 @@ import os
 import os.path as osp
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -267,17 +268,23 @@ class TrainerBase:
                 "differences": {key: [before, now] for key, before, now in differing_keys(saved, current)},
             }
 
+    def saved_models(self, directory: str, epoch: int | None = None) -> Iterator[tuple[str, str, dict]]:
+        """(name, path, checkpoint) of each model's ``directory/<name>/model-best.pth.tar`` (or
+        ``model.pth.tar-<epoch>``), all checked to exist before the first is read."""
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        paths = {name: osp.join(directory, name, model_file) for name in self.get_model_names()}
+        for model_path in paths.values():
+            if not osp.exists(model_path):
+                raise UserFileNotFoundError(f'Model not found at "{model_path}"')
+        for name, model_path in paths.items():
+            yield name, model_path, load_checkpoint(model_path, map_location=self.device)
+
     def load_model(self, directory: str, epoch: int | None = None) -> None:
         """Load ``directory/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each model."""
         if not directory:
             log.info("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
             return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise UserFileNotFoundError(f'Model not found at "{model_path}"')
-            checkpoint = load_checkpoint(model_path, map_location=self.device)
+        for name, model_path, checkpoint in self.saved_models(directory, epoch):
             val_result = checkpoint.get("val_result")
             shown = "None" if val_result is None else f"{val_result:.1f}"
             log.info(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
