@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vlprompt.compat import TrainerX
-from vlprompt.engine.checkpoint import load_checkpoint
+from vlprompt.engine.checkpoint import load_checkpoint, saved_models
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
 from vlprompt.errors import UserValueError
 from vlprompt.modeling import (
@@ -139,6 +139,6 @@ class PromptLearningTrainer(ClipTrainer):
         if not directory:
             log.info("Note that load_model() is skipped as no pretrained model is given")
             return
-        for name, model_path, checkpoint in self.saved_models(directory, epoch):
+        for name, model_path, checkpoint in saved_models(directory, self.get_model_names(), epoch, self.device):
             log.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             load_prompt_state(self._models[name], checkpoint["state_dict"], model_path)

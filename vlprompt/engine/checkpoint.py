@@ -20,12 +20,14 @@ import logging
 import os
 import os.path as osp
 from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from vlprompt.engine.runlock import pid_alive
+from vlprompt.errors import UserFileNotFoundError
 from vlprompt.io import (
     TEMP_FILE_PATTERN,
     TRUST_ENV_VAR,
@@ -275,6 +277,22 @@ def load_checkpoint(fpath: str, map_location: Any = "cpu") -> dict:
 
 
 # --------------------------------------------------------------------------------------------- resuming
+def saved_models(directory: str, names: Iterable[str], epoch: int | None = None,
+                 map_location: Any = "cpu") -> Iterator[tuple[str, str, dict]]:
+    """(name, path, checkpoint) of each model's ``directory/<name>/model-best.pth.tar`` (or
+    ``model.pth.tar-<epoch>``) for ``load_model``, every file checked to exist before the first is read.
+
+    A function, not a trainer method: under ``VLPROMPT_ENGINE=dassl`` the prompt trainers subclass Dassl's
+    TrainerX, which the built-in engine's methods are not part of."""
+    model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+    paths = {name: osp.join(directory, name, model_file) for name in names}
+    for model_path in paths.values():
+        if not osp.exists(model_path):
+            raise UserFileNotFoundError(f'Model not found at "{model_path}"')
+    for name, model_path in paths.items():
+        yield name, model_path, load_checkpoint(model_path, map_location=map_location)
+
+
 def read_checkpoint_pointer(directory: str) -> str | None:
     """The file name stored in ``directory/checkpoint`` (the latest save), or None if there is none."""
     pointer = osp.join(directory, POINTER_FILE)

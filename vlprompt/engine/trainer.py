@@ -16,7 +16,6 @@ import os
 import os.path as osp
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,9 @@ from vlprompt.engine.checkpoint import (
     SETTINGS_KEY,
     atomic_save,
     find_resume_point,
-    load_checkpoint,
     remove_stale_temp_files,
     save_checkpoint,
+    saved_models,
 )
 from vlprompt.engine.data import DataManager
 from vlprompt.engine.evaluation import build_evaluator
@@ -41,7 +40,7 @@ from vlprompt.engine.logging import AverageMeter, MetricMeter, TensorboardWriter
 from vlprompt.engine.progress import track
 from vlprompt.engine.registry import TRAINER_REGISTRY
 from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
-from vlprompt.errors import UserError, UserFileNotFoundError, write_error
+from vlprompt.errors import UserError, write_error
 from vlprompt.io import strip_module_prefix
 
 __all__ = [
@@ -268,23 +267,12 @@ class TrainerBase:
                 "differences": {key: [before, now] for key, before, now in differing_keys(saved, current)},
             }
 
-    def saved_models(self, directory: str, epoch: int | None = None) -> Iterator[tuple[str, str, dict]]:
-        """(name, path, checkpoint) of each model's ``directory/<name>/model-best.pth.tar`` (or
-        ``model.pth.tar-<epoch>``), all checked to exist before the first is read."""
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        paths = {name: osp.join(directory, name, model_file) for name in self.get_model_names()}
-        for model_path in paths.values():
-            if not osp.exists(model_path):
-                raise UserFileNotFoundError(f'Model not found at "{model_path}"')
-        for name, model_path in paths.items():
-            yield name, model_path, load_checkpoint(model_path, map_location=self.device)
-
     def load_model(self, directory: str, epoch: int | None = None) -> None:
         """Load ``directory/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each model."""
         if not directory:
             log.info("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
             return
-        for name, model_path, checkpoint in self.saved_models(directory, epoch):
+        for name, model_path, checkpoint in saved_models(directory, self.get_model_names(), epoch, self.device):
             val_result = checkpoint.get("val_result")
             shown = "None" if val_result is None else f"{val_result:.1f}"
             log.info(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
