@@ -92,6 +92,8 @@ runs = {
                                                               "TRAINER.GENPT.PREC", "fp32"]),
     "TPT": ("TPT/vit_b16.yaml", [], ["TRAINER.TPT.N_VIEWS", "4", "TRAINER.TPT.SELECTION_P", "0.5"]),
     "LinearProbeCLIP": ("LinearProbeCLIP/vit_b16.yaml", [], ["DATASET.NUM_SHOTS", "2", "TRAINER.LINEAR_PROBE.NUM_STEP", "1"]),
+    **{name: (name + "/vit_b16.yaml", [], ["TRAINER." + node + ".N_VIEWS", "4", "TRAINER." + node + ".PREC", "fp32"])
+       for name, node in (("CTPT", "CTPT"), ("Zero", "ZERO"), ("MTA", "MTA"), ("TDA", "TDA"))},
 }
 accuracy = {}
 for name, (config, flags, opts) in runs.items():
@@ -103,12 +105,12 @@ print("@@JSON@@" + json.dumps({"built": dassl.engine.BUILT_WITH_STANDIN, "accura
 
 
 def test_every_trainer_runs_in_dassl_mode(pets_root, tiny_vit, tmp_path):
-    """CoCoOp, GenPT, TPT and the linear probe (ZS and CoOp above) build their data through Dassl's data
+    """CoCoOp, GenPT, TPT, the linear probe and TPT's successors (ZS and CoOp above) build their data through Dassl's data
     manager and loaders, which find the datasets registered into Dassl's registry."""
     env = {**os.environ, "VLPROMPT_ENGINE": "dassl", "PYTHONPATH": str(STANDIN)}
     proc = subprocess.run([sys.executable, "-c", EVERY_TRAINER, pets_root, tiny_vit, str(tmp_path)], env=env,
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("@@JSON@@", 1)[1])
-    assert result["built"] == ["CoCoOp", "GenPT", "TPT", "LinearProbeCLIP"]
+    assert result["built"] == ["CoCoOp", "GenPT", "TPT", "LinearProbeCLIP", "CTPT", "Zero", "MTA", "TDA"]
     assert all(0.0 <= acc <= 100.0 for acc in result["accuracy"].values())
