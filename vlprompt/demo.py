@@ -27,7 +27,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -73,11 +73,11 @@ class RunProgress(io.TextIOBase):
     progress lines the trainers print and shows the latest with the time so far, at least every
     :data:`PROGRESS_EVERY` seconds (updated in place each second on a terminal), so no step is silent."""
 
-    def __init__(self, label: str, console: TextIO, every: float = PROGRESS_EVERY) -> None:
+    def __init__(self, label: str, console: TextIO, every: float = PROGRESS_EVERY, status: str = "starting") -> None:
         super().__init__()
         self.label = label
         self.console = console
-        self.status = "starting"
+        self.status = status
         self.started = time.time()
         try:
             self.live = console.isatty()
@@ -134,6 +134,17 @@ class RunProgress(io.TextIOBase):
         if self.live:
             self.console.write("\r\x1b[K")  # the run's result line takes its place
             self.console.flush()
+
+
+@contextlib.contextmanager
+def progress_shown(label: str, status: str = "starting") -> Iterator[RunProgress]:
+    """Show ``label``'s status on the console while the block runs (see :class:`RunProgress`)."""
+    progress = RunProgress(label, sys.stdout, status=status)
+    progress.start()
+    try:
+        yield progress
+    finally:
+        progress.finish()
 
 
 def config_path(relative: str) -> str:
@@ -193,9 +204,7 @@ class DemoContext:
         started = time.time()
         with contextlib.ExitStack() as quiet:  # the full output is in output_dir/log.txt either way
             if not self.verbose:
-                progress = RunProgress(f"{method} on {dataset}", sys.stdout)
-                progress.start()
-                quiet.callback(progress.finish)
+                progress = quiet.enter_context(progress_shown(f"{method} on {dataset}"))
                 quiet.enter_context(contextlib.redirect_stdout(progress))
                 quiet.enter_context(contextlib.redirect_stderr(progress))  # no progress bars: not a terminal
             trainer = train_main(args)
@@ -306,7 +315,8 @@ def main(argv: list[str] | None = None) -> list[DemoRun]:
     policy = apply_cpu_policy()
     workdir = Path(args.workdir).resolve()
     started = time.time()
-    world = write_toyworld(workdir / "data")
+    with progress_shown("toy world", "writing its images (once per --workdir)"):
+        world = write_toyworld(workdir / "data")
     print(f"Toy world in {world} ({time.time() - started:.0f} s); CLIP backbone: {args.backbone}")
     print(f"CPU: {policy.describe()}{load_average()}")
     ctx = DemoContext(workdir / "data", workdir, args.backbone, args.seed, args.shots, args.verbose)
