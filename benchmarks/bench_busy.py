@@ -101,23 +101,26 @@ def measure(spec: dict) -> dict:
     if spec["workload"] == "coop":
         ctx = demo.DemoContext(data, workdir / f"run_{os.getpid()}", shots=4)
         folder = ctx.output_dir("coop")
-        ctx.train("CoOp", demo.FEW_SHOT_DATASET, demo.COOP_CFG, folder, "DATASET.NUM_SHOTS", "4", *demo.COOP_OPTS,
-                  "OPTIM.MAX_EPOCH", str(spec["epochs"]), shots=4)
+        run = ctx.train("CoOp", demo.FEW_SHOT_DATASET, demo.COOP_CFG, folder, "DATASET.NUM_SHOTS", "4",
+                        *demo.COOP_OPTS, "OPTIM.MAX_EPOCH", str(spec["epochs"]), shots=4)
+        out["accuracy"] = run.accuracy
     elif spec["workload"] == "tpt":
         ctx = demo.DemoContext(data, workdir / f"run_{os.getpid()}")
         marks = _Marks(sys.stdout)
         with contextlib.redirect_stdout(marks):
             ctx.verbose = True  # the marks read TPT's lines; the demo's quiet mode would hide them
             shard = f"1/{max(1, 240 // spec['tpt_images'])}"
-            ctx.train("TPT", demo.TPT_DATASET, demo.TPT_CFG, ctx.output_dir("tpt"), *demo.TPT_OPTS,
-                      "TRAINER.TPT.SHARD", shard)
+            run = ctx.train("TPT", demo.TPT_DATASET, demo.TPT_CFG, ctx.output_dir("tpt"), *demo.TPT_OPTS,
+                            "TRAINER.TPT.SHARD", shard)
+        out["accuracy"] = run.accuracy
         if marks.start and marks.end and marks.images:
             out.update(images=marks.images, wall_per_image_s=(marks.end[0] - marks.start[0]) / marks.images,
                        cpu_per_image_s=(marks.end[1] - marks.start[1]) / marks.images)
     elif spec["workload"] == "views":
         out.update(views_per_image(data, spec["view_images"]))
     elif spec["workload"] == "demo":
-        demo.main(["--workdir", str(workdir / f"demo_{os.getpid()}")])
+        runs = demo.main(["--workdir", str(workdir / f"demo_{os.getpid()}")])
+        out["accuracies"] = {f"{r.method} {r.dataset} {r.classes}": r.accuracy for r in runs}  # same in every row
     out.update(wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu)
     return out
 
