@@ -54,7 +54,9 @@ COCOOP_OPTS = ["TRAINER.COCOOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "5"]
 GENPT_CFG = "trainers/GenPT/vit_b16_c4_ep10_batch4_ctxv1.yaml"
 GENPT_OPTS = ["TRAINER.GENPT.PREC", "fp32", "OPTIM.MAX_EPOCH", "5"]
 TPT_CFG = "trainers/TPT/vit_b16.yaml"
-TPT_OPTS = ["TRAINER.TPT.PREC", "fp32", "TRAINER.TPT.AUG", "crop", "TRAINER.TPT.BATCH_IMAGES", "8"]
+# PRINT_FREQ 8: a progress line per batch of 8 images (the demo shows it; printing changes no result).
+TPT_OPTS = ["TRAINER.TPT.PREC", "fp32", "TRAINER.TPT.AUG", "crop", "TRAINER.TPT.BATCH_IMAGES", "8",
+            "TRAINER.TPT.PRINT_FREQ", "8"]
 
 
 # What a run is doing, from the lines the trainers print (the first match wins; else the last line, cut).
