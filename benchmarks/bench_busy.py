@@ -4,7 +4,7 @@ vlprompt/threads.py), side by side in one run.
 
     python benchmarks/bench_busy.py                                   # 3 workloads x old/new x alone/busy
     python benchmarks/bench_busy.py --workloads coop --epochs 100     # the demo's whole CoOp step
-    python benchmarks/bench_busy.py --workloads demo --policies new   # the whole demo (minutes)
+    python benchmarks/bench_busy.py --workloads demo --busy-policies new   # the whole demo (minutes)
     python benchmarks/bench_busy.py --out benchmarks/results/busy_cpu.json
 
 Workloads (the demo's own settings, from vlprompt.demo, on the toy world written once under --workdir):
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["coop", "tpt", "views"], choices=WORKLOADS)
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--busy-policies", nargs="+", choices=POLICIES,
+                        help="policies measured beside the competitors (default: --policies)")
     parser.add_argument("--competitors", type=int, default=0, help="busy-loop processes (0: one per CPU)")
     parser.add_argument("--epochs", type=int, default=25, help="CoOp epochs (the demo runs 100)")
     parser.add_argument("--tpt-images", type=int, default=24, help="test images of the TPT measurement")
@@ -254,7 +256,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         spec = {"workload": workload, "workdir": str(workdir), "epochs": args.epochs,
                 "tpt_images": args.tpt_images, "view_images": args.view_images}
         for competitors_now in (0, busy):
-            for policy in args.policies:  # old and new take turns, so a change in background load hits both
+            policies = args.policies if competitors_now == 0 else (args.busy_policies or args.policies)
+            for policy in policies:  # old and new take turns, so a change in background load hits both
                 row = {"workload": workload, **run_measurement(spec, policy, competitors_now, args.timeout)}
                 rows.append(row)
                 print(f"{workload:6s} {policy:4s} competitors {competitors_now}: "
