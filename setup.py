@@ -24,6 +24,8 @@ setup(
     package_data={
         # The micro CLIP pretrained on the toy world (MODEL.BACKBONE.NAME micro-clip) and its provenance.
         "vlprompt.toyworld": ["weights/micro_clip.pt", "weights/micro_clip.json"],
+        # open_clip model configs of the tiny random-weight models tests and demos build (no download).
+        "vlprompt.modeling.backbones": ["open_clip_configs/*.json"],
         **{f"vlprompt.{folder}": ["**/*.yaml"] for folder in DATA_FOLDERS},
     },
     # No upper bounds and no CUDA pins: an existing (CUDA) torch must never be replaced.
@@ -42,7 +44,9 @@ setup(
         "packaging",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff", "scikit-learn", "matplotlib"],
+        "test": ["pytest>=7", "ruff", "scikit-learn", "matplotlib", "open-clip-torch"],
+        # LAION, DataComp, MetaCLIP, ... backbones (MODEL.BACKBONE.NAME open_clip:<model>@<tag>).
+        "open_clip": ["open-clip-torch"],
         "tables": ["matplotlib"],
         "linear-probe": ["scikit-learn"],
         "tensorboard": ["tensorboard"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def _cache_outside_home(tmp_path_factory):
     patch.setenv("VLPROMPT_CACHE", str(tmp_path_factory.mktemp("vlprompt_cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _library_lines_on_stdout():
+    """Every test sees the library's log lines as ``train.py`` shows them (the ``vlprompt`` loggers print
+    INFO to the live stdout), whatever ran before it; the unconfigured default is tested in a subprocess."""
+    from vlprompt.engine.logging import setup_console_logging
+
+    setup_console_logging(logging.INFO)
 
 
 @pytest.fixture(scope="session")

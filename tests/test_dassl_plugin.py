@@ -75,3 +75,40 @@ def test_unknown_engine_value_is_rejected(monkeypatch):
     monkeypatch.setenv("VLPROMPT_ENGINE", "detectron")
     with pytest.raises(ValueError, match='"detectron" is not an engine'):
         selected_engine()
+
+
+EVERY_TRAINER = r"""
+import json, sys
+from vlprompt.cli import main
+import dassl.engine
+
+root, tiny, out = sys.argv[1:4]
+data = ["--root", root, "--dataset-config-file", "configs/datasets/oxford_pets.yaml", "--seed", "1"]
+common = ["MODEL.BACKBONE.NAME", tiny, "DATALOADER.NUM_WORKERS", "0"]
+runs = {
+    "CoCoOp": ("CoCoOp/vit_b16_c4_ep10_batch1.yaml", [], ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1",
+                                                         "TRAINER.COCOOP.PREC", "fp32"]),
+    "GenPT": ("GenPT/vit_b16_c4_ep10_batch4_ctxv1.yaml", [], ["OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "2",
+                                                              "TRAINER.GENPT.PREC", "fp32"]),
+    "TPT": ("TPT/vit_b16.yaml", [], ["TRAINER.TPT.N_VIEWS", "4", "TRAINER.TPT.SELECTION_P", "0.5"]),
+    "LinearProbeCLIP": ("LinearProbeCLIP/vit_b16.yaml", [], ["DATASET.NUM_SHOTS", "2", "TRAINER.LINEAR_PROBE.NUM_STEP", "1"]),
+}
+accuracy = {}
+for name, (config, flags, opts) in runs.items():
+    trainer = main(["--trainer", name, "--config-file", "configs/trainers/" + config, "--output-dir", out + "/" + name,
+                    *data, *flags, *common, *opts])
+    accuracy[name] = trainer.test_results["accuracy"]
+print("@@JSON@@" + json.dumps({"built": dassl.engine.BUILT_WITH_STANDIN, "accuracy": accuracy}))
+"""
+
+
+def test_every_trainer_runs_in_dassl_mode(pets_root, tiny_vit, tmp_path):
+    """CoCoOp, GenPT, TPT and the linear probe (ZS and CoOp above) build their data through Dassl's data
+    manager and loaders, which find the datasets registered into Dassl's registry."""
+    env = {**os.environ, "VLPROMPT_ENGINE": "dassl", "PYTHONPATH": str(STANDIN)}
+    proc = subprocess.run([sys.executable, "-c", EVERY_TRAINER, pets_root, tiny_vit, str(tmp_path)], env=env,
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("@@JSON@@", 1)[1])
+    assert result["built"] == ["CoCoOp", "GenPT", "TPT", "LinearProbeCLIP"]
+    assert all(0.0 <= acc <= 100.0 for acc in result["accuracy"].values())

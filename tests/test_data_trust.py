@@ -147,6 +147,7 @@ def test_num_shots_above_what_a_class_has_warns_and_is_recorded(json_root, tiny_
     from vlprompt.cli import main
 
     monkeypatch.setattr(logging.getLogger("vlprompt"), "propagate", True)  # let caplog see library warnings
+    caplog.set_level(logging.WARNING)  # ... and only those (info lines, e.g. the config dump, name NUM_SHOTS)
     root = private_copy(json_root, tmp_path, "DescribableTextures")
     split = json.loads((root / "dtd" / "split_zhou_DescribableTextures.json").read_text())
     label1 = [i for i, row in enumerate(split["train"]) if row[1] == 1]

@@ -123,6 +123,10 @@ def test_user_errors_on_the_command_line_are_one_line_exit_2_without_traceback(p
                                      str(tmp_path / "not_a_checkpoint.pth")), "is not a PyTorch checkpoint"),
         "unwritable output dir": (args("MODEL.BACKBONE.NAME", tiny_vit, out=str(tmp_path / "file" / "out")),
                                   "is not writable"),
+        "unknown optimiser": (args("MODEL.BACKBONE.NAME", tiny_vit, "OPTIM.NAME", "adamm"),
+                              "OPTIM.NAME must be one of"),
+        "unsupported sampler": (args("MODEL.BACKBONE.NAME", tiny_vit, "DATALOADER.TRAIN_X.SAMPLER",
+                                     "RandomDomainSampler"), "is not implemented by the built-in engine"),
     }
     procs = {name: _train_py(*argv, cwd=tmp_path) for name, (argv, _) in cases.items()}
     for name, proc in procs.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from conftest import REPO_ROOT
 from PIL import Image
 
 from vlprompt import threads
+from vlprompt.engine.logging import quiet_console
 from vlprompt.errors import UserError
 
 
@@ -178,6 +180,8 @@ def test_demo_progress_reads_the_trainers_lines():
     from vlprompt.demo import RunProgress
 
     progress = RunProgress("CoOp on ToyWorldSketch", io.StringIO())
+    logger = logging.getLogger("vlprompt.engine.trainer")
+    logger.addHandler(progress.handler)  # as start() does, on the "vlprompt" logger
     for line, status in [
         ("Loading CLIP (backbone: micro-clip)", "Loading CLIP (backbone: micro-clip)"),
         ("epoch [37/100] batch [3/3] time 0.1 (0.1) data 0.0 (0.0) loss 1.0 (1.0) lr 2.0e-02 eta 0:00:20",
@@ -189,9 +193,9 @@ def test_demo_progress_reads_the_trainers_lines():
         ("*" * 15, "testing on the test set"),  # banners change nothing
         ("x" * 80, "x" * 57 + "..."),
     ]:
-        progress.write(line[:10])
-        progress.write(line[10:] + "\n")  # lines arrive in pieces
+        logger.info(line)
         assert progress.status == status
+    logger.removeHandler(progress.handler)
 
 
 def test_demo_progress_shows_even_when_the_run_prints_nothing():
@@ -201,9 +205,13 @@ def test_demo_progress_shows_even_when_the_run_prints_nothing():
     progress = RunProgress("LinearProbeCLIP on ToyWorldSketch", console, every=0.05)
     progress.start()
     time.sleep(0.3)
-    progress.write("epoch [2/5] batch [1/1]\n")
+    with quiet_console():  # the record goes to the run's log only; the status shows it
+        logging.getLogger("vlprompt.engine.trainer").info("epoch [2/5] batch [1/1]")
     time.sleep(0.2)
+    progress.write("Warning: a warning still shows\n")
     progress.finish()
     lines = console.getvalue().splitlines()
-    assert len(lines) >= 3 and lines[0].startswith("    LinearProbeCLIP on ToyWorldSketch: starting [")
-    assert lines[-1].startswith("    LinearProbeCLIP on ToyWorldSketch: epoch 2/5 [")
+    assert len(lines) >= 4 and lines[0].startswith("    LinearProbeCLIP on ToyWorldSketch: starting [")
+    assert lines[-2].startswith("    LinearProbeCLIP on ToyWorldSketch: epoch 2/5 [")
+    assert lines[-1] == "Warning: a warning still shows"
+    assert progress.handler not in logging.getLogger("vlprompt").handlers

@@ -22,8 +22,7 @@ from vlprompt.compat import DATASET_REGISTRY, DatasetBase, Datum
 from vlprompt.prompts import PromptLearner
 from vlprompt.text_encoder import PromptTextEncoder
 from vlprompt.tiny_clip import build_tiny_clip, save_tiny_clip
-from vlprompt.trainers.cocoop import ConditionalPromptLearner
-from vlprompt.trainers.tpt import CoCoOpContext
+from vlprompt.trainers.cocoop import CoCoOpContext, ConditionalPromptLearner
 from vlprompt.tta import merge as tpt_merge
 from vlprompt.tta.objective import marginal_entropy, num_selected, select_confident, view_entropy
 from vlprompt.tta.records import SHARD_ENV, PredictionLogError, parse_shard
@@ -469,7 +468,7 @@ def test_tpt_from_words_on_pets_writes_results_log_and_record(pets_root, tiny64,
 
 
 def test_several_datasets_one_clip_load_summary_and_crop_views(both_root, tiny64, tmp_path, capsys, monkeypatch):
-    import vlprompt.clip_backbone as backbone
+    import vlprompt.modeling.factory as backbone  # the model cache lives there
 
     backbone.clear_clip_cache()
     loads = []

@@ -9,8 +9,6 @@ the image check runs make before they start), but writes nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os.path as osp
 import sys
 from collections.abc import Sequence
@@ -90,6 +88,7 @@ def _load_splits(name: str, cfg, report: DatasetReport) -> dict[str, list]:
     """The dataset's splits, read without writing anything; missing images are collected, not raised."""
     from vlprompt.compat import DATASET_REGISTRY
     from vlprompt.datasets.base import LayoutDataset, SplitDataset
+    from vlprompt.engine.logging import muted
     from vlprompt.splits import collect_missing_images
 
     cls = DATASET_REGISTRY.get(name)
@@ -109,7 +108,7 @@ def _load_splits(name: str, cfg, report: DatasetReport) -> dict[str, list]:
         else:
             report.split_source = f"{', '.join(dataset.raw_files)} in {dataset.dataset_dir}"
     # The readers announce what they read ("Reading split from ..."); the report says it once, in order.
-    with collect_missing_images() as missing, contextlib.redirect_stdout(io.StringIO()):
+    with collect_missing_images() as missing, muted():
         splits = dataset.read_splits(save=False)
     if isinstance(dataset, SplitDataset) and dataset.split_name and not osp.isfile(dataset.split_path):
         report.notes.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import sys
@@ -19,6 +20,8 @@ from vlprompt.engine.runlock import acquire_run_lock
 from vlprompt.engine.seeding import set_random_seed
 from vlprompt.errors import UserPermissionError, run_cli
 from vlprompt.run_record import utc_now, write_run_record
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,15 +103,15 @@ def setup_cfg(args: argparse.Namespace):
 
 
 def print_args(args: argparse.Namespace, cfg) -> None:
-    print("***************")
-    print("** Arguments **")
-    print("***************")
+    log.info("***************")
+    log.info("** Arguments **")
+    log.info("***************")
     for key in sorted(vars(args)):
-        print(f"{key}: {getattr(args, key)}")
-    print("************")
-    print("** Config **")
-    print("************")
-    print(cfg)
+        log.info(f"{key}: {getattr(args, key)}")
+    log.info("************")
+    log.info("** Config **")
+    log.info("************")
+    log.info(cfg)
 
 
 def env_info() -> str:
@@ -170,15 +173,15 @@ def run(args: argparse.Namespace, on_trainer: Callable[[Any], None] | None = Non
         if not distributed.is_main_process():
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - only rank 0 prints and logs
         if cfg.SEED >= 0:
-            print(f"Setting fixed seed: {cfg.SEED}")
+            log.info(f"Setting fixed seed: {cfg.SEED}")
             set_random_seed(cfg.SEED)
         started = utc_now()
         log_file = setup_logger(cfg.OUTPUT_DIR) if distributed.is_main_process() else None
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
         print_args(args, cfg)
-        print("Collecting env info ...")
-        print(f"** System info **\n{env_info()}\n")
+        log.info("Collecting env info ...")
+        log.info(f"** System info **\n{env_info()}\n")
         trainer = build_trainer(cfg)
         trainer.resume_anyway = bool(getattr(args, "resume_anyway", False))
         if on_trainer is not None:

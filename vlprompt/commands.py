@@ -393,7 +393,7 @@ def dataset_configs(configs: Sequence[str]) -> dict[str, str]:
 
 
 def backbone_lines() -> list[str]:
-    from vlprompt.clip_backbone import BUNDLED_WEIGHTS, clip_model_urls, clip_weights_dir, offline
+    from vlprompt.modeling.backbones.openai import BUNDLED_WEIGHTS, clip_model_urls, clip_weights_dir, offline
 
     folder = clip_weights_dir()
     absent = "absent" + (" (VLPROMPT_OFFLINE is set: no download)" if offline() else " (downloaded on first use)")

@@ -1,4 +1,5 @@
-"""The one place trainers and datasets import the engine from: built-in, or a real Dassl.
+"""The one place trainers and datasets import the engine from: built-in, or a real Dassl (registries,
+``TrainerX``, and the data side: ``DataManager``, ``build_data_loader``, ``build_transform``).
 
 ``VLPROMPT_ENGINE`` selects it: ``builtin`` (default) or ``dassl``. With ``dassl`` our trainers
 subclass Dassl's ``TrainerX`` and everything registers into Dassl's registries, so Dassl's
@@ -50,6 +51,10 @@ if ENGINE == "dassl":
             f"(python setup.py develop in its checkout) or unset {ENGINE_ENV} to use the built-in engine."
         ) from err
 
+    from dassl.data import DataManager
+    from dassl.data.data_manager import build_data_loader
+    from dassl.data.transforms import build_transform
+
     TRAINER_REGISTRY = _dassl_engine.TRAINER_REGISTRY
     DATASET_REGISTRY = _dassl_datasets.DATASET_REGISTRY
     build_trainer = _dassl_engine.build_trainer
@@ -69,6 +74,7 @@ if ENGINE == "dassl":
         _config.add_missing_keys(cfg, _config.get_cfg_default())
         return cfg
 else:
+    from vlprompt.engine.data import DataManager, build_data_loader, build_transform
     from vlprompt.engine.registry import DATASET_REGISTRY, TRAINER_REGISTRY
     from vlprompt.engine.trainer import TrainerX, build_trainer
 
@@ -78,9 +84,12 @@ __all__ = [
     "DATASET_REGISTRY",
     "ENGINE",
     "TRAINER_REGISTRY",
+    "DataManager",
     "DatasetBase",
     "Datum",
     "TrainerX",
+    "build_data_loader",
     "build_trainer",
+    "build_transform",
     "get_cfg_default",
 ]

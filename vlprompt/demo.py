@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -71,9 +72,11 @@ PROGRESS_LINES: tuple[tuple[re.Pattern, Callable[[re.Match], str]], ...] = (
 
 
 class RunProgress(io.TextIOBase):
-    """Stands in for stdout and stderr while a run writes its output to its ``log.txt`` only: reads the
-    progress lines the trainers print and shows the latest with the time so far, at least every
-    :data:`PROGRESS_EVERY` seconds (updated in place each second on a terminal), so no step is silent."""
+    """Shows what a quiet run is doing. While a run's lines go to its ``log.txt`` only (``quiet_console``),
+    reads the ``vlprompt`` log records (:attr:`handler`) and shows the latest with the time so far, at
+    least every :data:`PROGRESS_EVERY` seconds (updated in place each second on a terminal), so no step
+    is silent. It also stands in for stdout: what still reaches the console (warnings) passes through,
+    on a line of its own."""
 
     def __init__(self, label: str, console: TextIO, every: float = PROGRESS_EVERY, status: str = "starting") -> None:
         super().__init__()
@@ -86,25 +89,29 @@ class RunProgress(io.TextIOBase):
         except (AttributeError, ValueError):
             self.live = False
         self.every = 1.0 if self.live else every
-        self._partial = ""
+        self.handler = _ProgressHandler(self)
+        self._drawn = False  # a live status line is on the screen (a passing write clears it first)
+        self._lock = threading.Lock()  # the ticking thread and the run both write to the console
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name="demo-progress", daemon=True)
 
     def writable(self) -> bool:
         return True
 
-    def isatty(self) -> bool:  # no progress bars drawn into it
+    def isatty(self) -> bool:  # no progress bars drawn through it
         return False
 
     def write(self, text: str) -> int:
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self.read_line(line)
+        with self._lock:
+            self._clear()
+            self.console.write(text)
         return len(text)
 
+    def flush(self) -> None:
+        self.console.flush()
+
     def read_line(self, line: str) -> None:
-        """Update the status from one printed line."""
+        """Update the status from one line the run logged."""
         line = line.strip()
         if not line or set(line) <= set("*=-"):
             return
@@ -115,27 +122,49 @@ class RunProgress(io.TextIOBase):
                 return
         self.status = line if len(line) <= 60 else line[:57] + "..."
 
+    def _clear(self) -> None:
+        if self._drawn:
+            self.console.write("\r\x1b[K")
+            self._drawn = False
+
     def show(self) -> None:
         """Print the status line now."""
         text = f"    {self.label}: {self.status} [{time.time() - self.started:.0f} s]"
-        self.console.write(f"\r{text}\x1b[K" if self.live else text + "\n")
-        self.console.flush()
+        with self._lock:
+            self.console.write(f"\r{text}\x1b[K" if self.live else text + "\n")
+            self._drawn = self.live
+            self.console.flush()
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
             self.show()
 
     def start(self) -> None:
-        """Start showing the status (a background thread, so a step that prints nothing still shows)."""
+        """Start showing the status (a background thread, so a step that logs nothing still shows) and
+        reading the ``vlprompt`` records."""
+        logging.getLogger("vlprompt").addHandler(self.handler)
         self._thread.start()
 
     def finish(self) -> None:
-        """Stop showing it (on a terminal, clear the line)."""
+        """Stop showing it (on a terminal, clear the line: the run's result line takes its place)."""
+        logging.getLogger("vlprompt").removeHandler(self.handler)
         self._stop.set()
         self._thread.join()
-        if self.live:
-            self.console.write("\r\x1b[K")  # the run's result line takes its place
+        with self._lock:
+            self._clear()
             self.console.flush()
+
+
+class _ProgressHandler(logging.Handler):
+    """Hands every ``vlprompt`` record's lines to a :class:`RunProgress` (whatever the console shows)."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for line in record.getMessage().splitlines():
+            self.progress.read_line(line)
 
 
 @contextlib.contextmanager
@@ -196,6 +225,7 @@ class DemoContext:
               classes: str = "all", shots: int | None = None, flags: tuple[str, ...] = ()) -> DemoRun:
         """Run ``train.py`` with the demo's data, backbone and seed; records and returns the run."""
         from vlprompt.cli import main as train_main
+        from vlprompt.engine.logging import quiet_console
 
         args = [
             "--root", str(self.root), "--seed", str(self.seed), "--trainer", method,
@@ -207,8 +237,9 @@ class DemoContext:
         with contextlib.ExitStack() as quiet:  # the full output is in output_dir/log.txt either way
             if not self.verbose:
                 progress = quiet.enter_context(progress_shown(f"{method} on {dataset}"))
+                quiet.enter_context(quiet_console())  # warnings still show (through progress, on their own line)
                 quiet.enter_context(contextlib.redirect_stdout(progress))
-                quiet.enter_context(contextlib.redirect_stderr(progress))  # no progress bars: not a terminal
+                quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))  # progress bars
             trainer = train_main(args)
         run = DemoRun(method, dataset, classes, shots, float(trainer.test_results["accuracy"]), output_dir)
         self.runs.append(run)

@@ -54,6 +54,11 @@ class UserKeyError(UserError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnsupportedSettingError(UserError, NotImplementedError):
+    """A setting that exists (in Dassl, say) but that this engine does not implement; the message names
+    what to use instead."""
+
+
 class UsageError(UserError):
     """A command used the wrong way (arguments, combinations of flags)."""
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from vlprompt.clip_backbone import import_clip, load_clip
 from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.errors import UserKeyError, UserValueError, run_cli
+from vlprompt.modeling import Tokenizer, adapter_for, load_clip
+from vlprompt.modeling.backbones.openai import openai_tokenizer
 from vlprompt.run_record import read_run_record
 
 REFERENCE_BACKBONE = "RN50"  # what CoOp's script always uses
@@ -36,8 +37,10 @@ class NearestWords:
     tokens: list[list[str]]
 
 
-def nearest_words(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int) -> NearestWords:
-    """The ``topk`` vocabulary tokens nearest (Euclidean) to every vector of ``ctx`` ``(..., D)``."""
+def nearest_words(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int,
+                  tokenizer: Tokenizer | None = None) -> NearestWords:
+    """The ``topk`` vocabulary tokens nearest (Euclidean) to every vector of ``ctx`` ``(..., D)`` (their text
+    from ``tokenizer``, OpenAI CLIP's by default)."""
     if ctx.shape[-1] != token_embedding.shape[-1]:
         raise UserValueError(
             f"context vectors have width {ctx.shape[-1]} but the token embeddings {token_embedding.shape[-1]}: "
@@ -54,27 +57,33 @@ def nearest_words(ctx: torch.Tensor, token_embedding: torch.Tensor, topk: int) -
         ids.append(found.indices)
         dists.append(found.values)
     token_ids, distances = torch.cat(ids), torch.cat(dists)
-    decoder = import_clip().clip._tokenizer.decoder
-    tokens = [[decoder[int(i)] for i in row] for row in token_ids]
+    tokenizer = tokenizer or openai_tokenizer()
+    tokens = [[tokenizer.token_text(int(i)) for i in row] for row in token_ids]
     return NearestWords(tuple(ctx.shape), token_ids, distances, tokens)
 
 
 def backbone_of_run(checkpoint_path: str | Path) -> str | None:
     """``MODEL.BACKBONE.NAME`` of the run that wrote ``<run>/<model>/model.pth.tar-N``, from its run.json."""
+    return _run_backbone(checkpoint_path)[0]
+
+
+def _run_backbone(checkpoint_path: str | Path) -> tuple[str | None, str]:
+    """(``MODEL.BACKBONE.NAME``, ``MODEL.BACKBONE.WEIGHTS``) of the run that wrote the checkpoint."""
     try:
-        record = read_run_record(Path(checkpoint_path).resolve().parent.parent)
+        record = read_run_record(Path(checkpoint_path).resolve().parent.parent) or {}
     except (OSError, json.JSONDecodeError):
-        return None
-    return (record or {}).get("backbone")
+        return None, ""
+    weights = ((record.get("config") or {}).get("MODEL") or {}).get("BACKBONE", {}).get("WEIGHTS", "")
+    return record.get("backbone"), weights or ""
 
 
-def prefix_matches(state_dict: dict, token_embedding: torch.Tensor) -> bool | None:
+def prefix_matches(state_dict: dict, token_embedding: torch.Tensor, tokenizer: Tokenizer | None = None) -> bool | None:
     """Whether the checkpoint's saved SOS embedding (``token_prefix``) is this vocabulary's: False means
     the context was learned with another backbone. None when the checkpoint has no ``token_prefix``."""
     prefix = state_dict.get("token_prefix")
     if prefix is None or prefix.shape[-1] != token_embedding.shape[-1]:
         return None if prefix is None else False
-    sot = import_clip().clip._tokenizer.encoder["<|startoftext|>"]
+    sot = (tokenizer or openai_tokenizer()).sot_id
     return torch.allclose(prefix.reshape(-1, prefix.shape[-1])[0].float(), token_embedding[sot].float(), atol=1e-3)
 
 
@@ -95,26 +104,28 @@ def format_nearest(found: NearestWords) -> list[str]:
     return lines
 
 
-def interpret_checkpoint(path: str | Path, topk: int, backbone: str | None = None) -> list[str]:
-    """The report for a ``prompt_learner/model.pth.tar-N`` file, as lines (printed by ``interpret_prompt.py``)."""
+def interpret_checkpoint(path: str | Path, topk: int, backbone: str | None = None, weights: str = "") -> list[str]:
+    """The report for a ``prompt_learner/model.pth.tar-N`` file, as lines (printed by ``interpret_prompt.py``);
+    any backbone family (its own vocabulary and tokenizer)."""
     lines = [f"Return the top-{topk} matched words"]
     if backbone is None:
-        backbone = backbone_of_run(path)
+        backbone, weights = _run_backbone(path)
         if backbone is None:
             backbone = REFERENCE_BACKBONE
             lines.append(f"No run.json beside the checkpoint names its backbone; using {backbone} (pass --backbone)")
     lines.append(f"Backbone: {backbone}")
-    token_embedding = load_clip(backbone).token_embedding.weight
+    adapter = adapter_for(load_clip(backbone, weights=weights))
+    token_embedding = adapter.token_embedding.weight
     lines.append(f"Size of token embedding: {token_embedding.shape}")
     state = load_checkpoint(str(path))["state_dict"]
     if "ctx" not in state:
         raise UserKeyError(f'"{path}" has no learned context ("ctx" is not among {sorted(state)})')
     ctx = state["ctx"].float()
     lines.append(f"Size of context: {ctx.shape}")
-    if prefix_matches(state, token_embedding) is False:
+    if prefix_matches(state, token_embedding, adapter.tokenizer) is False:
         lines.append(f"Warning: the checkpoint's token embeddings are not those of {backbone}; "
                      "the context was probably learned with another backbone")
-    found = nearest_words(ctx, token_embedding, topk)
+    found = nearest_words(ctx, token_embedding, topk, adapter.tokenizer)
     lines.append(f"Size of distance matrix: {torch.Size([*ctx.shape[:-1], token_embedding.shape[0]])}")
     return lines + format_nearest(found)
 
@@ -129,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("topk", type=int, help="select top-k similar words")
     parser.add_argument("--backbone", type=str, default=None,
                         help="CLIP the context was learned with (default: from the run's run.json, else RN50)")
+    parser.add_argument("--weights", type=str, default="",
+                        help="weights file for an open_clip --backbone without a pretrained tag (MODEL.BACKBONE.WEIGHTS)")
     args = parser.parse_args(argv)
     if not Path(args.fpath).is_file():
         print(f'error: no checkpoint file at "{args.fpath}"', file=sys.stderr)
         return 2
 
     def report() -> int:
-        for text in interpret_checkpoint(args.fpath, args.topk, args.backbone):
+        for text in interpret_checkpoint(args.fpath, args.topk, args.backbone, args.weights):
             print(text)
         return 0
 

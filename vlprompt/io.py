@@ -1,4 +1,5 @@
-"""File identity and safe reading: the helpers every part of vlprompt uses for the files it opens.
+"""File identity, the one atomic write, and safe reading: the helpers every part of vlprompt uses for
+the files it writes and opens.
 
 Nothing here runs code from a file. ``torch.save`` files (checkpoints, state dicts) load with
 ``torch.load(weights_only=True)``, plus an allow-list the caller gives (Dassl's pickled scheduler and
@@ -17,11 +18,13 @@ Environment variables:
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import logging
 import os
 import pickle
 import re
+import secrets
 import struct
 import sys
 import tarfile
@@ -29,25 +32,34 @@ import types
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from io import BytesIO
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from vlprompt.errors import UserError, UserFileNotFoundError
+from vlprompt.errors import UserError, UserFileNotFoundError, write_error
 
 __all__ = [
+    "TEMP_FILE_PATTERN",
     "TRUST_ENV_VAR",
     "CheckpointError",
     "NotACheckpointError",
     "UnsafeCheckpointError",
+    "atomic_copy",
+    "atomic_save",
+    "atomic_target",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
     "file_sha256",
     "is_torchscript_archive",
     "load_torch_file",
     "load_weights_file",
     "read_torchscript_state_dict",
+    "strip_module_prefix",
     "trust_requested",
 ]
 
@@ -95,6 +107,133 @@ def file_sha256(path: str | os.PathLike) -> str:
     real = os.path.realpath(path)
     stat = os.stat(real)
     return _sha256_of(real, stat.st_size, stat.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------- atomic writes
+# The hidden temporary files of :func:`atomic_target`: ".<final name>.<pid>.<8 hex>.tmp".
+TEMP_FILE_PATTERN = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename durable; best effort because some platforms cannot open directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``path`` for the body to write; when the body returns, that file is
+    fsynced and renamed over ``path`` (then the folder is fsynced), so ``path`` holds either its old
+    content or the complete new one. On any error the temporary file is removed and ``path`` is unchanged.
+
+    The one atomic write of vlprompt: checkpoints, records, splits, downloads and generated weights all
+    go through it (or :func:`atomic_write`). The temporary name is hidden (globs such as
+    ``model.pth.tar-*`` never see it), unique (parallel writers do not collide) and carries the pid, so a
+    resume can tell a dead writer's leftovers from a live one's (:data:`TEMP_FILE_PATTERN`).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp_path
+        _fsync_file(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp_path)
+        raise
+    _fsync_directory(directory)
+
+
+class _RecordingWriter:
+    """Passes writes through to a file and remembers the first OSError: torch.save reports a failed
+    write as its own RuntimeError ("unexpected pos ..."), which would hide that the disk was full."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Run ``write`` on a binary handle of a temporary file and put it in place atomically (:func:`atomic_target`).
+
+    A failed write (disk full, I/O error) raises :class:`~vlprompt.errors.UserOSError` naming ``path``
+    and saying that the previous file is unchanged.
+    """
+    path = os.fspath(path)
+    recorder = None
+    try:
+        with atomic_target(path) as tmp_path:
+            # os.open with 0o666 lets the umask set the mode, as a plain open() would.
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as handle:
+                recorder = _RecordingWriter(handle)
+                write(recorder)  # type: ignore[arg-type]
+    except BaseException as err:
+        cause = err if isinstance(err, OSError) else (recorder.error if recorder is not None else None)
+        if cause is not None and isinstance(err, Exception):
+            raise write_error(cause, path, "any previous file there is unchanged") from err
+        if isinstance(err, Exception) and hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"while writing {path}; any previous file there is unchanged")
+        raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a torn one."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, fsync, rename)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the file ``src`` to ``dst`` atomically."""
+    def copy(handle: BinaryIO) -> None:
+        with open(src, "rb") as source:
+            while chunk := source.read(1 << 20):
+                handle.write(chunk)
+
+    atomic_write(dst, copy)
+
+
+def strip_module_prefix(state_dict: Mapping[str, Any]) -> OrderedDict:
+    """``state_dict`` with the ``module.`` prefix that (Distributed)DataParallel adds removed from its keys
+    (checkpoints store bare names; every reader of a state dict goes through this)."""
+    return OrderedDict((str(k).removeprefix("module."), v) for k, v in state_dict.items())
 
 
 # ---------------------------------------------------------------------------------------------- common

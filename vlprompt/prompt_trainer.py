@@ -1,99 +1,71 @@
-"""What every prompt-learning trainer shares: frozen CLIP, one trainable ``prompt_learner``, precision,
-and CoOp-compatible checkpoint loading. A method adds only its model and its loss."""
+"""What every CLIP trainer shares, so a method file holds only its model and its loss or update.
+
+(Outside the ``trainers`` package so that the test-time harness in :mod:`vlprompt.tta` can build on it
+without importing the trainers.)
+
+:class:`ClipTrainer` builds CLIP once through :func:`vlprompt.modeling.create_clip` (weights, precision,
+the ``INPUT.SIZE`` check) and fingerprints the weights; data comes from the engine selected in
+:mod:`vlprompt.compat` (the built-in one or Dassl). :class:`PromptLearningTrainer` adds the frozen-CLIP,
+one-trainable-``prompt_learner`` life cycle with CoOp-compatible checkpoints. Trainers import this module,
+the modeling wing and the engine, never each other.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os.path as osp
 import warnings
-from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from vlprompt.clip_backbone import apply_precision, clip_input_resolution, load_clip, resolve_clip_weights
 from vlprompt.compat import TrainerX
 from vlprompt.engine.checkpoint import load_checkpoint
 from vlprompt.engine.optim import build_lr_scheduler, build_optimizer
-from vlprompt.errors import UserError, UserFileNotFoundError, UserValueError
-from vlprompt.io import file_sha256
+from vlprompt.errors import UserFileNotFoundError, UserValueError
+from vlprompt.modeling import (
+    PRECISIONS,
+    ClipBundle,
+    check_input_size,
+    create_clip,
+    weights_fingerprint_extras,
+)
+from vlprompt.modeling.prompt_checkpoints import (  # noqa: F401 - also known by these names here
+    CLASS_SET_BUFFERS,
+    PROMPT_LEARNER,
+    CheckpointMismatchError,
+    describe_mismatch,
+    load_prompt_state,
+)
 
-PRECISIONS = ("fp16", "fp32", "amp", "bf16")
-# Buffers that CoOp-family checkpoints carry but that belong to the class set they were trained on:
-# always recomputed from the current dataset's class names, never loaded.
-CLASS_SET_BUFFERS = ("token_prefix", "token_suffix")
-PROMPT_LEARNER = "prompt_learner"
+log = logging.getLogger(__name__)
 
-
-class CheckpointMismatchError(UserError, ValueError):
-    """A prompt checkpoint does not fit the model built from the current config."""
-
-
-def clip_fingerprint_extras(cfg) -> dict:
-    """What a CLIP-based run's config cannot say about its results: the SHA-256 of the weights file
-    ``MODEL.BACKBONE.NAME`` resolves to (the same name can mean other weights elsewhere), and of
-    ``MODEL.INIT_WEIGHTS`` when set. For ``fingerprint_extras``; hashes are cached per file."""
-    extras = {"weights_sha256": file_sha256(resolve_clip_weights(cfg.MODEL.BACKBONE.NAME))}
-    if cfg.MODEL.INIT_WEIGHTS and osp.isfile(cfg.MODEL.INIT_WEIGHTS):
-        extras["init_weights_sha256"] = file_sha256(cfg.MODEL.INIT_WEIGHTS)
-    return extras
+clip_fingerprint_extras = weights_fingerprint_extras  # the name trainers used before the modeling wing
 
 
-def describe_mismatch(key: str, saved: tuple, expected: tuple, learner: nn.Module) -> str:
-    """Which config value explains a shape difference of ``key`` (N_CTX, CSC, width, classes)."""
-    if key.startswith("meta_net."):
-        # CoCoOp's meta-net maps the image feature (CLIP's embedding size) to a context-width vector.
-        return (f"{key}: checkpoint {saved} vs model {expected}; the image feature size or context width "
-                "differs: a checkpoint of another CLIP backbone")
-    if key != "ctx":
-        return f"{key}: checkpoint {saved} vs model {expected}"
-    csc = getattr(learner, "csc", False)
-    reasons = []
-    if len(saved) != len(expected):
-        reasons.append(
-            f"CSC differs (checkpoint {'class-specific' if len(saved) == 3 else 'shared'} context, "
-            f"config CSC={csc})"
-        )
-    else:
-        if saved[-2] != expected[-2]:
-            reasons.append(f"N_CTX differs (checkpoint {saved[-2]}, config {expected[-2]})")
-        if saved[-1] != expected[-1]:
-            reasons.append(
-                f"context width differs (checkpoint {saved[-1]}, model {expected[-1]}): another CLIP backbone"
-            )
-        if len(saved) == 3 and saved[0] != expected[0]:
-            reasons.append(
-                f"number of classes differs (checkpoint {saved[0]}, dataset {expected[0]}): a class-specific "
-                "context cannot move to another class set"
-            )
-    return f"ctx: checkpoint shape {saved} vs model {expected}; " + "; ".join(reasons)
+class ClipTrainer(TrainerX):
+    """Base of every CLIP-based trainer: :meth:`build_clip` loads the backbone once, checked against the config."""
+
+    def fingerprint_extras(self) -> dict:
+        return weights_fingerprint_extras(self.cfg)
+
+    def inference_precision(self) -> str:
+        """CLIP's released weights are fp16, as the reference runs them; on a CPU that is slow, so fp32 there."""
+        return "fp16" if self.device.type == "cuda" else "fp32"
+
+    def build_clip(self, precision: str, *, cached: bool = False) -> ClipBundle:
+        """Load ``MODEL.BACKBONE`` in ``precision`` (frozen), check ``INPUT.SIZE`` against its preprocessing;
+        ``cached`` reuses (a copy of) a model loaded earlier in this process."""
+        cfg = self.cfg
+        log.info(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        bundle = create_clip(cfg, self.device, precision, cached=cached)
+        check_input_size(cfg, bundle.preprocess)
+        self.clip = bundle
+        return bundle
 
 
-def load_prompt_state(module: nn.Module, state_dict: dict, source: str) -> None:
-    """Load a CoOp-format prompt state into ``module``: class-set buffers dropped, shapes checked with a
-    message naming the differing config value, missing trainable keys reported."""
-    state = OrderedDict((k.removeprefix("module."), v) for k, v in state_dict.items())
-    for key in CLASS_SET_BUFFERS:
-        state.pop(key, None)
-    own = module.state_dict()
-    problems = [
-        describe_mismatch(key, tuple(value.shape), tuple(own[key].shape), module)
-        for key, value in state.items()
-        if key in own and tuple(value.shape) != tuple(own[key].shape)
-    ]
-    trainable = {name for name, p in module.named_parameters()}
-    missing = sorted(trainable - set(state))
-    if missing:
-        problems.append(f"missing keys {missing} (a checkpoint of another method?)")
-    unexpected = sorted(set(state) - set(own))
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected} (a checkpoint of another method?)")
-    if problems:
-        raise CheckpointMismatchError(f'Checkpoint "{source}" does not fit this model: ' + " | ".join(problems))
-    module.load_state_dict(state, strict=False)
-
-
-class PromptLearningTrainer(TrainerX):
+class PromptLearningTrainer(ClipTrainer):
     """Base for CoOp-style trainers: subclasses set ``cfg_node`` and implement ``build_custom_clip``.
 
     The model registered as ``prompt_learner`` is the only trained part; its checkpoints are
@@ -111,9 +83,6 @@ class PromptLearningTrainer(TrainerX):
         if prec not in PRECISIONS:
             raise UserValueError(f'TRAINER.{self.cfg_node}.PREC "{prec}" is not one of {", ".join(PRECISIONS)}')
 
-    def fingerprint_extras(self) -> dict:
-        return clip_fingerprint_extras(self.cfg)
-
     def build_custom_clip(self, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         """The method's model; it must have a ``prompt_learner`` attribute."""
         raise NotImplementedError
@@ -121,26 +90,19 @@ class PromptLearningTrainer(TrainerX):
     def build_model(self) -> None:
         cfg = self.cfg
         classnames = self.dm.dataset.classnames
-        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, device=self.device)
-        resolution = clip_input_resolution(clip_model)
-        if cfg.INPUT.SIZE[0] != resolution:
-            raise UserValueError(
-                f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP backbone's input resolution "
-                f"{resolution}; set INPUT.SIZE ({resolution}, {resolution})"
-            )
-        clip_model, self.prec = apply_precision(clip_model, self.method_cfg.PREC, self.device)
+        bundle = self.build_clip(self.method_cfg.PREC)
+        clip_model, self.prec = bundle.model, bundle.precision
         if self.prec == "amp" and self.device.type != "cuda":
             warnings.warn("PREC amp needs CUDA; training in fp32 on this device", stacklevel=2)
             self.prec = "fp32"
 
-        print("Building custom CLIP")
+        log.info("Building custom CLIP")
         self.model = self.build_custom_clip(classnames, clip_model)
-        print("Turning off gradients in both the image and the text encoder")
+        log.info("Turning off gradients in both the image and the text encoder")
         for name, param in self.model.named_parameters():
             param.requires_grad_(PROMPT_LEARNER in name)
         trainable = sorted(name for name, p in self.model.named_parameters() if p.requires_grad)
-        print(f"Parameters to be updated: {set(trainable)}")
+        log.info(f"Parameters to be updated: {set(trainable)}")
 
         if cfg.MODEL.INIT_WEIGHTS:
             checkpoint = load_checkpoint(cfg.MODEL.INIT_WEIGHTS)
@@ -176,7 +138,7 @@ class PromptLearningTrainer(TrainerX):
         """CoOp's eval-time loading: ``<directory>/prompt_learner/model.pth.tar-<epoch>`` (or model-best),
         with the class-set buffers dropped so the prompts are rebuilt for the current classes."""
         if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
+            log.info("Note that load_model() is skipped as no pretrained model is given")
             return
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
@@ -184,6 +146,5 @@ class PromptLearningTrainer(TrainerX):
             if not osp.exists(model_path):
                 raise UserFileNotFoundError(f'Model not found at "{model_path}"')
             checkpoint = load_checkpoint(model_path, map_location=self.device)
-            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            log.info(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             load_prompt_state(self._models[name], checkpoint["state_dict"], model_path)
-

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from vlprompt.clip_backbone import loaded_weights
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.config import config_hash
 from vlprompt.engine.fingerprint import fingerprint, result_settings
+from vlprompt.modeling.backbones.base import loaded_weights
 
 RUN_RECORD = "run.json"
 # 2: adds ``config`` (the full config), ``source_trainer`` and ``source_shots``.

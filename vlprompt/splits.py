@@ -10,6 +10,7 @@ result no longer depends on the file system's listing order.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import os.path as osp
@@ -27,6 +28,8 @@ from vlprompt.engine.data import (
     write_json_atomic,
 )
 from vlprompt.errors import UserFileNotFoundError, UserValueError
+
+log = logging.getLogger(__name__)
 
 SPLIT_KEYS = ("train", "val", "test")
 
@@ -47,7 +50,7 @@ def dataset_root(cfg) -> str:
 def listdir_nohidden(path: str, sort: bool = True) -> list[str]:
     """Entries of ``path`` not starting with a dot, sorted by default."""
     if not osp.isdir(path):
-        raise FileNotFoundError(f'Folder not found: "{path}"')
+        raise UserFileNotFoundError(f'Folder not found: "{path}"')
     items = [name for name in os.listdir(path) if not name.startswith(".")]
     return sorted(items) if sort else items
 
@@ -117,7 +120,7 @@ def read_split(filepath: str, path_prefix: str) -> tuple[list[Datum], list[Datum
     image, an integer label, a class name; then the labels together (:func:`check_labels`: no gaps, one
     name per label). A problem raises one error naming the file, the row and the fix.
     """
-    print(f"Reading split from {filepath}")
+    log.info(f"Reading split from {filepath}")
     if not osp.isfile(filepath):
         raise UserFileNotFoundError(f'Split file not found: "{filepath}"')
     try:
@@ -155,7 +158,7 @@ def save_split(train: Iterable, val: Iterable, test: Iterable, filepath: str, pa
         return [[_relative_to(item.impath, path_prefix), item.label, item.classname] for item in items]
 
     write_json_atomic({"train": rows(train), "val": rows(val), "test": rows(test)}, filepath)
-    print(f"Saved split to {filepath}")
+    log.info(f"Saved split to {filepath}")
 
 
 def try_save_split(train: Iterable, val: Iterable, test: Iterable, filepath: str, path_prefix: str) -> bool:
@@ -165,14 +168,14 @@ def try_save_split(train: Iterable, val: Iterable, test: Iterable, filepath: str
         save_split(train, val, test, filepath, path_prefix)
         return True
     except OSError as err:
-        print(f"Note: could not save split to {filepath} ({err}); it will be rebuilt next run")
+        log.info(f"Note: could not save split to {filepath} ({err}); it will be rebuilt next run")
         return False
 
 
 def split_trainval(trainval: Sequence[Datum], p_val: float = 0.2) -> tuple[list[Datum], list[Datum]]:
     """Per label (first-appearance order): shuffle, the first ``round(n * p_val)`` go to val."""
     p_trn = 1 - p_val
-    print(f"Splitting trainval into {p_trn:.0%} train and {p_val:.0%} val")
+    log.info(f"Splitting trainval into {p_trn:.0%} train and {p_val:.0%} val")
     by_label: dict[int, list[int]] = defaultdict(list)
     for index, item in enumerate(trainval):
         by_label[item.label].append(index)
@@ -208,7 +211,7 @@ def read_and_split_data(
     categories = [name for name in listdir_nohidden(image_dir)
                   if name not in ignored and osp.isdir(osp.join(image_dir, name))]
     p_tst = 1 - p_trn - p_val
-    print(f"Splitting into {p_trn:.0%} train, {p_val:.0%} val, and {p_tst:.0%} test")
+    log.info(f"Splitting into {p_trn:.0%} train, {p_val:.0%} val, and {p_tst:.0%} test")
 
     train, val, test = [], [], []
     for label, category in enumerate(categories):

@@ -8,14 +8,14 @@ else is shrunk. Weights are random but deterministic per seed.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from vlprompt.clip_backbone import import_clip
+from vlprompt.io import atomic_save, atomic_target
+from vlprompt.modeling.backbones.openai import import_clip
 
 # clip.model.CLIP keyword arguments. build_model infers heads as width // 64 (vision: width // 64 for a ViT,
 # width * 32 // 64 for the ResNet's attention pool), so widths of 64 mean one head and the rebuilt model
@@ -100,16 +100,11 @@ def save_tiny_clip(
         clip.model.convert_weights(model)
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    try:
+    with atomic_target(path) as temp_name:
         if fmt == "state_dict":
             torch.save(model.state_dict(), temp_name)
         else:
             _trace(model, clip).save(temp_name)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
     return path
 
 
@@ -123,3 +118,25 @@ def _trace(model: nn.Module, clip) -> torch.jit.ScriptModule:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         return torch.jit.trace(model, (image, text), check_trace=False)
+
+
+# open_clip's family: a model config that ships with vlprompt (vlprompt/modeling/backbones/open_clip_configs).
+TINY_OPEN_CLIP = "vlprompt-tiny-vit"
+
+
+def build_tiny_open_clip(seed: int = 0, model_name: str = TINY_OPEN_CLIP) -> nn.Module:
+    """A tiny random-weight ``open_clip.CLIP`` from a model config (no download), in eval mode; the same
+    weights for the same ``seed``; the global RNG is left as it was."""
+    from vlprompt.modeling.backbones.open_clip_family import create_architecture
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_architecture(model_name)
+    return model.eval()
+
+
+def save_tiny_open_clip(path: str | os.PathLike, seed: int = 0, model_name: str = TINY_OPEN_CLIP) -> Path:
+    """Write a tiny open_clip model's state dict to ``path`` (for ``MODEL.BACKBONE.WEIGHTS``); returns the path."""
+    path = Path(path).expanduser()
+    atomic_save(build_tiny_open_clip(seed, model_name).state_dict(), path)
+    return path

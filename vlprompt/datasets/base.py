@@ -267,7 +267,7 @@ class ImageNetFamily(LayoutDataset):
         for path in candidates:
             if osp.isfile(path):
                 if path != candidates[0]:
-                    print(f"Reading class names from {path}")
+                    log.info(f"Reading class names from {path}")
                 return read_classnames(path)
         tried = ", ".join(f'"{path}"' for path in candidates)
         if self.layout == "tpt":
@@ -317,7 +317,7 @@ class ImageNetTestSet(ImageNetFamily):
         if getattr(cfg.DATASET, "SUBSAMPLE_CLASSES", "all") != "all":
             ignored.append("DATASET.SUBSAMPLE_CLASSES")
         if ignored:
-            print(f"Note: {type(self).__name__} is test-only; {' and '.join(ignored)} ignored")
+            log.info(f"Note: {type(self).__name__} is test-only; {' and '.join(ignored)} ignored")
         data = self.read_splits()["test"]
         DatasetBase.__init__(self, train_x=data, test=data)
 
@@ -374,7 +374,7 @@ class FewShotImageNet(ImageNetFamily):
             splits["train"] = folder_items(train_dir, train_folders,
                                            self.names_for(train_folders, classnames, train_dir))
         else:
-            print(f'Note: no "{train_dir}"; ImageNet is test-only here')
+            log.info(f'Note: no "{train_dir}"; ImageNet is test-only here')
         return splits
 
     def split_folders(self, split_dir: str) -> list[str]:

@@ -4,6 +4,7 @@ without the JSON a 50/20/30 split is built from ``imagelabels.mat`` with names f
 from __future__ import annotations
 
 import json
+import logging
 import os.path as osp
 import random
 from collections import defaultdict
@@ -13,6 +14,8 @@ from vlprompt.errors import UserKeyError, UserValueError
 from vlprompt.splits import make_datum
 
 from .base import SplitDataset
+
+log = logging.getLogger(__name__)
 
 
 @DATASET_REGISTRY.register()
@@ -37,7 +40,7 @@ class OxfordFlowers(SplitDataset):
         with open(osp.join(self.dataset_dir, "cat_to_name.json")) as handle:
             lab2cname = json.load(handle)
 
-        print("Splitting data into 50% train, 20% val, and 30% test")
+        log.info("Splitting data into 50% train, 20% val, and 30% test")
         train, val, test = [], [], []
         for label, impaths in by_label.items():
             random.shuffle(impaths)

@@ -5,7 +5,8 @@ file naming the latest one, ``model-best.pth.tar``), so CoOp-era tools and scrip
 things differ underneath:
 
 * every write goes to a hidden temporary file in the same folder, is fsynced, then renamed over the
-  final name, so a killed or out-of-space run never leaves a truncated checkpoint behind;
+  final name (:func:`vlprompt.io.atomic_write`), so a killed or out-of-space run never leaves a
+  truncated checkpoint behind;
 * loading never runs code from the file (the safe readers live in :mod:`vlprompt.io`, the one loader
   for every file vlprompt opens). What we write is checked to load with ``torch.load(weights_only=True)``;
   checkpoints written by the original Dassl, which pickle live scheduler and optimiser objects, load
@@ -15,25 +16,31 @@ things differ underneath:
 
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
-import re
-import secrets
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import torch
 
 from vlprompt.engine.runlock import pid_alive
-from vlprompt.errors import write_error
 from vlprompt.io import (
+    TEMP_FILE_PATTERN,
     TRUST_ENV_VAR,
     CheckpointError,
     NotACheckpointError,
     UnsafeCheckpointError,
+    atomic_copy,
+    atomic_save,
+    atomic_write_bytes,
+    atomic_write_text,
     load_torch_file,
+    strip_module_prefix,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -67,100 +74,6 @@ FINGERPRINT_KEY = "run_fingerprint"
 SETTINGS_KEY = "run_settings"
 BEST_FILE = "model-best.pth.tar"
 EPOCH_FILE_PREFIX = "model.pth.tar-"
-
-
-# ------------------------------------------------------------------------------------------ atomic writes
-def _fsync_directory(directory: str) -> None:
-    """Make a rename durable; best effort because some platforms cannot open directories."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _RecordingWriter:
-    """Passes writes through to a file and remembers the first OSError: torch.save reports a failed
-    write as its own RuntimeError ("unexpected pos ..."), which would hide that the disk was full."""
-
-    def __init__(self, handle: BinaryIO) -> None:
-        self.handle = handle
-        self.error: OSError | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self.handle.write(data)
-        except OSError as err:
-            self.error = self.error or err
-            raise
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a temporary file beside ``path`` and rename it over ``path`` only once complete.
-
-    A failed write (disk full, I/O error) raises :class:`~vlprompt.errors.UserOSError` naming ``path``
-    and saying that the previous file is unchanged; the temporary file is removed.
-    """
-    path = os.fspath(path)
-    directory = osp.dirname(osp.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Hidden and uniquely named so globs like "model.pth.tar-*" never see it and parallel writers
-    # do not collide; the pid lets a resume tell a dead writer's leftovers from a live one's
-    # (stale_temp_files). os.open with 0o666 lets the umask set the mode, as a plain open() would.
-    tmp_path = osp.join(directory, f".{osp.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    recorder = None
-    try:
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            recorder = _RecordingWriter(handle)
-            write(recorder)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException as err:
-        try:
-            os.remove(tmp_path)
-        except OSError:
-            pass
-        cause = err if isinstance(err, OSError) else (recorder.error if recorder is not None else None)
-        if cause is not None and isinstance(err, Exception):
-            raise write_error(cause, path, "any previous file there is unchanged") from err
-        if isinstance(err, Exception) and hasattr(err, "add_note"):  # Python >= 3.11
-            err.add_note(f"while writing {path}; any previous file there is unchanged")
-        raise
-    _fsync_directory(directory)
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj, path)`` that leaves either the old file or the complete new one, never a torn one."""
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
-    _atomic_write(path, lambda handle: handle.write(data))
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (temporary file, fsync, rename)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_copy(src: str, dst: str) -> None:
-    def copy(handle: BinaryIO) -> None:
-        with open(src, "rb") as source:
-            while chunk := source.read(1 << 20):
-                handle.write(chunk)
-
-    _atomic_write(dst, copy)
 
 
 # --------------------------------------------------------------------------- what weights_only can load
@@ -244,10 +157,7 @@ def save_checkpoint(
     if remove_module_from_keys:
         if "state_dict" not in state:
             raise KeyError(f"save_checkpoint: state has no 'state_dict' key (keys: {sorted(state)})")
-        # (Distributed)DataParallel prefixes every name with "module."; checkpoints store bare names.
-        state["state_dict"] = OrderedDict(
-            (key.removeprefix("module."), value) for key, value in state["state_dict"].items()
-        )
+        state["state_dict"] = strip_module_prefix(state["state_dict"])
     check_weights_only_loadable(state)
 
     if not model_name:
@@ -259,15 +169,15 @@ def save_checkpoint(
     os.makedirs(save_dir, exist_ok=True)
     fpath = osp.join(save_dir, model_name)
     atomic_save(state, fpath)
-    print(f"Checkpoint saved to {fpath}")
+    log.info(f"Checkpoint saved to {fpath}")
 
     # Written after the checkpoint, so it never points at a file that is not complete yet.
     atomic_write_text(osp.join(save_dir, POINTER_FILE), f"{osp.basename(fpath)}\n")
 
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), BEST_FILE)
-        _atomic_copy(fpath, best_fpath)
-        print(f'Best checkpoint saved to "{best_fpath}"')
+        atomic_copy(fpath, best_fpath)
+        log.info(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
 
 
@@ -408,8 +318,6 @@ def resume_checkpoint_path(directory: str) -> str | None:
 # A resume point is written after every epoch that does not produce a regular checkpoint, so a killed
 # run loses at most the epoch in progress; the trainer removes it once training has finished.
 RESUME_FILE = "resume.pth.tar"
-# _atomic_write's temporary files: ".<final name>.<pid>.<8 hex>.tmp".
-_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
 
 
 def remove_stale_temp_files(directory: str) -> list[str]:
@@ -419,7 +327,7 @@ def remove_stale_temp_files(directory: str) -> list[str]:
     if not osp.isdir(directory):
         return removed
     for name in sorted(os.listdir(directory)):
-        match = _TEMP_FILE.match(name)
+        match = TEMP_FILE_PATTERN.match(name)
         if match is None:
             continue
         pid = int(match.group(1))

@@ -35,7 +35,7 @@ from vlprompt.engine import distributed
 from vlprompt.engine.checkpoint import atomic_write_text
 from vlprompt.engine.evaluation import announce_skipped
 from vlprompt.engine.registry import DATASET_REGISTRY
-from vlprompt.errors import UserError, UserValueError
+from vlprompt.errors import UnsupportedSettingError, UserError, UserValueError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def generate_fewshot_dataset(*data_sources: list, num_shots: int = -1, repeat: b
     if num_shots < 1:
         return data_sources[0] if len(data_sources) == 1 else data_sources
 
-    print(f"Creating a {num_shots}-shot dataset")
+    log.info(f"Creating a {num_shots}-shot dataset")
     output = []
     for data_source in data_sources:
         sampled: list = []
@@ -150,7 +150,7 @@ def subsample_classes(*args: list, subsample: str = "all"):
     ``"all"`` returns the inputs unchanged (as a tuple).
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(
+        raise UserValueError(
             f'DATASET.SUBSAMPLE_CLASSES is "{subsample}"; it must be one of {", ".join(SUBSAMPLE_CHOICES)}'
         )
     if subsample == "all":
@@ -158,7 +158,7 @@ def subsample_classes(*args: list, subsample: str = "all"):
 
     labels = sorted({item.label for item in args[0]})
     num_base = math.ceil(len(labels) / 2)
-    print(f"SUBSAMPLE {subsample.upper()} CLASSES!")
+    log.info(f"SUBSAMPLE {subsample.upper()} CLASSES!")
     selected = labels[:num_base] if subsample == "base" else labels[num_base:]
     relabel = {old: new for new, old in enumerate(selected)}
 
@@ -320,16 +320,16 @@ class DatasetBase:
 
     def check_input_domains(self, source_domains: Sequence[str], target_domains: Sequence[str]) -> None:
         if not source_domains:
-            raise ValueError("DATASET.SOURCE_DOMAINS is empty; name at least one of " + str(self.domains))
+            raise UserValueError("DATASET.SOURCE_DOMAINS is empty; name at least one of " + str(self.domains))
         if not target_domains:
-            raise ValueError("DATASET.TARGET_DOMAINS is empty; name at least one of " + str(self.domains))
+            raise UserValueError("DATASET.TARGET_DOMAINS is empty; name at least one of " + str(self.domains))
         self.is_input_domain_valid(source_domains)
         self.is_input_domain_valid(target_domains)
 
     def is_input_domain_valid(self, input_domains: Sequence[str]) -> None:
         for domain in input_domains:
             if domain not in self.domains:
-                raise ValueError(f"Input domain must belong to {self.domains}, but got [{domain}]")
+                raise UserValueError(f"Input domain must belong to {self.domains}, but got [{domain}]")
 
     # Dassl exposes these as methods; CoOp calls subsample_classes as a static method of its datasets.
     split_dataset_by_label = staticmethod(split_dataset_by_label)
@@ -405,7 +405,7 @@ def _save_cache(record: dict, candidates: Sequence[str], announce: str = "") -> 
             continue
         try:
             if announce:
-                print(announce.format(path=path))
+                log.info(announce.format(path=path))
             write_json_atomic(record, path, indent=None)
             return path
         except OSError as err:
@@ -465,7 +465,7 @@ def load_or_create_fewshot(
         if osp.isfile(path):
             cached = _read_fewshot_cache(path, dataset_dir, fingerprint)
             if cached is not None:
-                print(f"Loading preprocessed few-shot data from {path}")
+                log.info(f"Loading preprocessed few-shot data from {path}")
                 return cached
 
     train = generate_fn(train, num_shots=num_shots)
@@ -649,7 +649,7 @@ def interpolation_mode(name: str):
         "nearest": InterpolationMode.NEAREST,
     }
     if name not in modes:
-        raise ValueError(f'INPUT.INTERPOLATION is "{name}"; use one of {", ".join(INTERPOLATION_NAMES)}')
+        raise UserValueError(f'INPUT.INTERPOLATION is "{name}"; use one of {", ".join(INTERPOLATION_NAMES)}')
     return modes[name]
 
 
@@ -723,9 +723,9 @@ class GaussianNoise:
 def _check_choices(choices: Sequence[str]) -> None:
     for choice in choices:
         if choice not in TRANSFORM_CHOICES:
-            raise ValueError(f'INPUT.TRANSFORMS has unknown "{choice}"; valid: {", ".join(TRANSFORM_CHOICES)}')
+            raise UserValueError(f'INPUT.TRANSFORMS has unknown "{choice}"; valid: {", ".join(TRANSFORM_CHOICES)}')
         if choice in UNSUPPORTED_TRANSFORMS:
-            raise NotImplementedError(
+            raise UnsupportedSettingError(
                 f'INPUT.TRANSFORMS "{choice}" (an AutoAugment/RandAugment policy) is not implemented by the '
                 "built-in engine; remove it or pass a custom transform to DataManager"
             )
@@ -735,7 +735,7 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
     """Dassl's train or test transform from ``cfg.INPUT`` (``choices`` overrides ``INPUT.TRANSFORMS``);
     None when ``INPUT.NO_TRANSFORM``. Prints the steps in Dassl's wording."""
     if cfg.INPUT.NO_TRANSFORM:
-        print("Note: no transform is applied!")
+        log.info("Note: no transform is applied!")
         return None
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
     _check_choices(choices)
@@ -753,7 +753,7 @@ def _normalize_steps(cfg, choices: Sequence[str]) -> list:
     steps: list = []
     if "normalize" in choices:
         mean, std = list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)
-        print(f"+ normalization (mean={mean}, std={std})")
+        log.info(f"+ normalization (mean={mean}, std={std})")
         steps.append(T.Normalize(mean=mean, std=std))
     return steps
 
@@ -761,49 +761,49 @@ def _normalize_steps(cfg, choices: Sequence[str]) -> list:
 def _build_transform_train(cfg, choices: Sequence[str], size: tuple, target_size: str, interp):
     from torchvision import transforms as T
 
-    print("Building transform_train")
+    log.info("Building transform_train")
     steps: list = []
     # Without a random crop nothing else brings the image to the input size.
     if "random_crop" not in choices and "random_resized_crop" not in choices:
-        print(f"+ resize to {target_size}")
+        log.info(f"+ resize to {target_size}")
         steps.append(T.Resize(size, interpolation=interp))
     if "random_translation" in choices:
-        print("+ random translation")
+        log.info("+ random translation")
         steps.append(Random2DTranslation(size[0], size[1]))
     if "random_crop" in choices:
         padding = cfg.INPUT.CROP_PADDING
-        print(f"+ random crop (padding = {padding})")
+        log.info(f"+ random crop (padding = {padding})")
         steps.append(T.RandomCrop(size, padding=padding))
     if "random_resized_crop" in choices:
         scale = tuple(cfg.INPUT.RRCROP_SCALE)
-        print(f"+ random resized crop (size={size}, scale={scale})")
+        log.info(f"+ random resized crop (size={size}, scale={scale})")
         steps.append(T.RandomResizedCrop(size, scale=scale, interpolation=interp))
     if "random_flip" in choices:
-        print("+ random flip")
+        log.info("+ random flip")
         steps.append(T.RandomHorizontalFlip())
     if "colorjitter" in choices:
         b, c, s, h = (cfg.INPUT.COLORJITTER_B, cfg.INPUT.COLORJITTER_C, cfg.INPUT.COLORJITTER_S,
                       cfg.INPUT.COLORJITTER_H)
-        print(f"+ color jitter (brightness={b}, contrast={c}, saturation={s}, hue={h})")
+        log.info(f"+ color jitter (brightness={b}, contrast={c}, saturation={s}, hue={h})")
         steps.append(T.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h))
     if "randomgrayscale" in choices:
-        print("+ random gray scale")
+        log.info("+ random gray scale")
         steps.append(T.RandomGrayscale(p=cfg.INPUT.RGS_P))
     if "gaussian_blur" in choices:
-        print(f"+ gaussian blur (kernel={cfg.INPUT.GB_K})")
+        log.info(f"+ gaussian blur (kernel={cfg.INPUT.GB_K})")
         steps.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
-    print("+ to torch tensor of range [0, 1]")
+    log.info("+ to torch tensor of range [0, 1]")
     steps.append(T.ToTensor())
     if "cutout" in choices:
         n_holes, length = cfg.INPUT.CUTOUT_N, cfg.INPUT.CUTOUT_LEN
-        print(f"+ cutout (n_holes={n_holes}, length={length})")
+        log.info(f"+ cutout (n_holes={n_holes}, length={length})")
         steps.append(Cutout(n_holes, length))
     steps += _normalize_steps(cfg, choices)
     if "gaussian_noise" in choices:
-        print(f"+ gaussian noise (mean={cfg.INPUT.GN_MEAN}, std={cfg.INPUT.GN_STD})")
+        log.info(f"+ gaussian noise (mean={cfg.INPUT.GN_MEAN}, std={cfg.INPUT.GN_STD})")
         steps.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
     if "instance_norm" in choices:
-        print("+ instance normalization")
+        log.info("+ instance normalization")
         steps.append(InstanceNormalization())
     return T.Compose(steps)
 
@@ -811,16 +811,16 @@ def _build_transform_train(cfg, choices: Sequence[str], size: tuple, target_size
 def _build_transform_test(cfg, choices: Sequence[str], size: tuple, target_size: str, interp):
     from torchvision import transforms as T
 
-    print("Building transform_test")
-    print(f"+ resize the smaller edge to {max(size)}")
+    log.info("Building transform_test")
+    log.info(f"+ resize the smaller edge to {max(size)}")
     steps: list = [T.Resize(max(size), interpolation=interp)]
-    print(f"+ {target_size} center crop")
+    log.info(f"+ {target_size} center crop")
     steps.append(T.CenterCrop(size))
-    print("+ to torch tensor of range [0, 1]")
+    log.info("+ to torch tensor of range [0, 1]")
     steps.append(T.ToTensor())
     steps += _normalize_steps(cfg, choices)
     if "instance_norm" in choices:
-        print("+ instance normalization")
+        log.info("+ instance normalization")
         steps.append(InstanceNormalization())
     return T.Compose(steps)
 
@@ -904,7 +904,7 @@ class DatasetWrapper(TorchDataset):
         # One shared flag per item (inherited by fork, passed along by spawn) so workers' skips add up.
         self._skip_flags = multiprocessing.RawArray("b", len(data_source)) if self.skip_corrupt else None
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(
+            raise UserValueError(
                 f"DATALOADER.K_TRANSFORMS is {self.k_tfm} but there is no transform to augment with "
                 "(INPUT.NO_TRANSFORM is set?)"
             )
@@ -1005,11 +1005,11 @@ def build_sampler(sampler_type: str, data_source: Sequence):
     if sampler_type == "SequentialSampler":
         return SequentialSampler(data_source)
     if sampler_type in DASSL_ONLY_SAMPLERS:
-        raise NotImplementedError(
+        raise UnsupportedSettingError(
             f'Sampler "{sampler_type}" (domain/class-balanced, from Dassl) is not implemented by the built-in '
             f"engine; use one of {', '.join(SAMPLER_NAMES)} or run with VLPROMPT_ENGINE=dassl"
         )
-    raise ValueError(f'Unknown sampler type "{sampler_type}"; use one of {", ".join(SAMPLER_NAMES)}')
+    raise UserValueError(f'Unknown sampler type "{sampler_type}"; use one of {", ".join(SAMPLER_NAMES)}')
 
 
 def build_data_loader(
@@ -1054,7 +1054,7 @@ def _distributed_sampler(cfg, sampler_type: str, wrapper, batch_size: int):
     """
     world = distributed.world_size()
     if batch_size % world:
-        raise ValueError(
+        raise UserValueError(
             f"DATALOADER.TRAIN_X.BATCH_SIZE {batch_size} is the global batch and must divide evenly across "
             f"{world} processes; use a multiple of {world}"
         )
@@ -1068,13 +1068,13 @@ def _distributed_sampler(cfg, sampler_type: str, wrapper, batch_size: int):
 def build_dataset(cfg, registry=DATASET_REGISTRY) -> DatasetBase:
     """The dataset registered as ``DATASET.NAME`` in ``registry``, built from ``cfg``."""
     if not cfg.DATASET.NAME:
-        raise ValueError("DATASET.NAME is empty; pass --dataset-config-file configs/datasets/<name>.yaml")
+        raise UserValueError("DATASET.NAME is empty; pass --dataset-config-file configs/datasets/<name>.yaml")
     # Importing the bundled datasets registers them; a plugin's own datasets register on import too.
     import vlprompt.datasets  # noqa: F401
 
     dataset_cls = registry.get(cfg.DATASET.NAME)
     if cfg.VERBOSE:
-        print(f"Loading dataset: {cfg.DATASET.NAME}")
+        log.info(f"Loading dataset: {cfg.DATASET.NAME}")
     return dataset_cls(cfg)
 
 
@@ -1144,12 +1144,12 @@ class DataManager:
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)
         else:
-            print("* Using custom transform for training")
+            log.info("* Using custom transform for training")
             tfm_train = custom_tfm_train
         if custom_tfm_test is None:
             tfm_test = build_transform(cfg, is_train=False)
         else:
-            print("* Using custom transform for testing")
+            log.info("* Using custom transform for testing")
             tfm_test = custom_tfm_test
 
         loaders = cfg.DATALOADER
@@ -1228,7 +1228,7 @@ class DataManager:
         return rows
 
     def show_dataset_summary(self, cfg) -> None:
-        print(tabulate(self.summary_rows(cfg)))
+        log.info(tabulate(self.summary_rows(cfg)))
 
     def skipped_images(self) -> list[str]:
         """Distinct images skipped as unreadable (``DATALOADER.SKIP_CORRUPT_IMAGES``): those left out before
@@ -1246,5 +1246,5 @@ def report_skipped_images(dm) -> int:
     if paths:
         shown = "\n".join(f"  {path}" for path in paths[:20])
         more = f"\n  ... and {len(paths) - 20} more" if len(paths) > 20 else ""
-        print(f"Skipped {len(paths)} unreadable image(s) (DATALOADER.SKIP_CORRUPT_IMAGES True):\n{shown}{more}")
+        log.info(f"Skipped {len(paths)} unreadable image(s) (DATALOADER.SKIP_CORRUPT_IMAGES True):\n{shown}{more}")
     return len(paths)

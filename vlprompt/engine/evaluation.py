@@ -7,6 +7,7 @@ as scikit-learn's ``f1_score``/``confusion_matrix``) so importing the engine doe
 
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
 from collections import OrderedDict, defaultdict
@@ -16,6 +17,9 @@ import numpy as np
 import torch
 
 from vlprompt.engine.registry import Registry
+from vlprompt.errors import UserValueError
+
+log = logging.getLogger(__name__)
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 
@@ -142,7 +146,7 @@ class Classification(EvaluatorBase):
         results["accuracy"] = acc
         results["error_rate"] = err
         results["macro_f1"] = macro_f1
-        print(
+        log.info(
             "=> result\n"
             f"* total: {self._total:,}\n"
             f"* correct: {self._correct:,}\n"
@@ -153,10 +157,10 @@ class Classification(EvaluatorBase):
         skipped = _take_skipped()
         if skipped is not None:  # only with DATALOADER.SKIP_CORRUPT_IMAGES: Dassl's lines stay as they are
             results["skipped"] = skipped
-            print(f"* skipped: {skipped:,} unreadable image(s)")
+            log.info(f"* skipped: {skipped:,} unreadable image(s)")
 
         if self._per_class_res is not None:
-            print("=> per-class result")
+            log.info("=> per-class result")
             class_accs = []
             for label in sorted(self._per_class_res):
                 res = self._per_class_res[label]
@@ -164,14 +168,14 @@ class Classification(EvaluatorBase):
                 total = len(res)
                 class_acc = 100.0 * correct / total
                 class_accs.append(class_acc)
-                print(
+                log.info(
                     f"* class: {label} ({self._lab2cname[label]})\t"
                     f"total: {total:,}\t"
                     f"correct: {correct:,}\t"
                     f"acc: {class_acc:.1f}%"
                 )
             mean_acc = float(np.mean(class_accs))
-            print(f"* average: {mean_acc:.1f}%")
+            log.info(f"* average: {mean_acc:.1f}%")
             results["perclass_accuracy"] = mean_acc
 
         if self.cfg.TEST.COMPUTE_CMAT:
@@ -181,7 +185,7 @@ class Classification(EvaluatorBase):
             # A tensor rather than Dassl's numpy array: it loads with torch.load's default
             # weights_only=True (torch >= 2.6); .numpy() gives Dassl's array back.
             torch.save(torch.from_numpy(cmat), save_path)
-            print(f"Confusion matrix is saved to {save_path}")
+            log.info(f"Confusion matrix is saved to {save_path}")
 
         return results
 
@@ -190,7 +194,7 @@ def build_evaluator(cfg: Any, **kwargs: Any) -> EvaluatorBase:
     """Build the evaluator named by ``cfg.TEST.EVALUATOR``; kwargs (e.g. ``lab2cname``) go to it."""
     name = cfg.TEST.EVALUATOR
     if name not in EVALUATOR_REGISTRY:
-        raise ValueError(f"TEST.EVALUATOR: {EVALUATOR_REGISTRY.unknown_message(name)}")
+        raise UserValueError(f"TEST.EVALUATOR: {EVALUATOR_REGISTRY.unknown_message(name)}")
     if cfg.get("VERBOSE", True):
-        print(f"Loading evaluator: {name}")
+        log.info(f"Loading evaluator: {name}")
     return EVALUATOR_REGISTRY.get(name)(cfg, **kwargs)

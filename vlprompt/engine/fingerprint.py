@@ -44,6 +44,7 @@ NON_RESULT_KEYS: tuple[str, ...] = (
     "TRAINER.TPT.BATCH_IMAGES",  # independent prompts per image: same predictions
     "TRAINER.TPT.SHARD",
     "TRAINER.TPT.PRINT_FREQ",
+    "MODEL.BACKBONE.WEIGHTS",  # where the weights file is; its content counts (the weights_sha256 extra)
 )
 
 

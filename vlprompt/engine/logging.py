@@ -1,17 +1,29 @@
-"""Console tee into ``OUTPUT_DIR/log.txt`` and meters, with Dassl's file naming and line formats."""
+"""Console tee into ``OUTPUT_DIR/log.txt`` and meters, with Dassl's file naming and line formats.
+
+Library code reports through ``logging.getLogger(__name__)`` (children of the ``vlprompt`` logger), never
+print. Left unconfigured (a notebook, a script importing vlprompt), those loggers follow Python's
+defaults: info lines are dropped and warnings reach stderr. :func:`setup_console_logging` (called by
+``train.py``, the ``vlprompt`` command and :func:`setup_logger`) prints them to the live ``sys.stdout``
+as bare lines ("Warning: " before warnings), so a run's ``log.txt`` receives them through the tee,
+byte for byte as Dassl's prints. :func:`quiet_console` and :func:`muted` turn them down for a while.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import NoReturn, TextIO
 
 import torch
 
-from vlprompt.errors import write_error
+from vlprompt.errors import UserError, write_error
+
+log = logging.getLogger(__name__)
 
 # What a failed log write leaves intact (the log is line-buffered, so every line printed before it).
 LOG_WRITE_INTACT = ("the lines printed before are in it and the checkpoints saved so far are intact; free some "
@@ -43,6 +55,14 @@ class _Tee:
             except OSError as err:
                 self._fail(err)
         return len(msg)
+
+    def write_log(self, msg: str) -> None:
+        """Write ``msg`` to the log file only (a line the console is not showing now)."""
+        if self.failed is None and not self.file.closed:
+            try:
+                self.file.write(msg)
+            except OSError as err:
+                self._fail(err)
 
     def flush(self) -> None:
         self.console.flush()
@@ -82,8 +102,30 @@ class _ConsoleHandler(logging.StreamHandler):
     """Writes records to whatever ``sys.stdout`` is when they are emitted, so they reach the run's log
     file through the tee exactly like the lines the engine prints."""
 
+    # Records below this level skip the console (the run's log file still gets them): quiet_console().
+    console_level = logging.NOTSET
+
     def __init__(self) -> None:
         super().__init__(sys.stdout)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= self.console_level:
+            super().emit(record)
+            return
+        write_log = getattr(sys.stdout, "write_log", None)  # the run's tee (also behind a progress bar)
+        if write_log is not None:
+            try:
+                write_log(self.format(record) + self.terminator)
+            except Exception:  # noqa: BLE001 - reported (or re-raised) as StreamHandler.emit does
+                self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A failed write to the run's log (disk full) is the user's to fix: raise it, as print() did,
+        # instead of logging's "--- Logging error ---" traceback and carrying on.
+        error = sys.exc_info()[1]
+        if isinstance(error, UserError):
+            raise error
+        super().handleError(record)
 
     @property
     def stream(self) -> TextIO:  # type: ignore[override]
@@ -102,15 +144,44 @@ class _ConsoleFormatter(logging.Formatter):
         return message if record.levelno < logging.WARNING else f"{record.levelname.capitalize()}: {message}"
 
 
-def setup_console_logging(level: int = logging.INFO) -> None:
-    """Send the ``vlprompt`` loggers (library, trainers, datasets) to the console and log file; once."""
+def setup_console_logging(level: int | None = None) -> None:
+    """Send the ``vlprompt`` loggers (library, trainers, datasets) to the console and log file; once.
+
+    Without ``level``, a level the caller already gave the ``vlprompt`` logger is kept (e.g. WARNING to
+    run quietly from Python), else INFO: every line train.py prints."""
     logger = logging.getLogger("vlprompt")
     if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
         handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(level)
+    if level is not None or logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO if level is None else level)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def quiet_console(level: int = logging.WARNING) -> Iterator[None]:
+    """Meanwhile the console shows only ``vlprompt`` records at ``level`` or above; a run's log file
+    still gets every line (the demo's one-line-per-run output)."""
+    saved = _ConsoleHandler.console_level
+    _ConsoleHandler.console_level = level
+    try:
+        yield
+    finally:
+        _ConsoleHandler.console_level = saved
+
+
+@contextlib.contextmanager
+def muted(level: int = logging.WARNING, name: str = "vlprompt") -> Iterator[None]:
+    """Meanwhile records of logger ``name`` below ``level`` are dropped everywhere, log file included
+    (e.g. a helper model built for its state, whose announcements would repeat what the run said)."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 def log_file_path(output: str) -> str:
@@ -206,7 +277,7 @@ class TensorboardWriter:
             self._writer = None
             return
         os.makedirs(log_dir, exist_ok=True)
-        print(f"Initialize tensorboard (log_dir={log_dir})")
+        log.info(f"Initialize tensorboard (log_dir={log_dir})")
         self._writer = SummaryWriter(log_dir=log_dir)
 
     def add_scalar(self, tag: str, value: float, step: int | None = None) -> None:

@@ -19,6 +19,7 @@ from torch.optim import lr_scheduler as torch_lr_scheduler
 from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, StepLR
 
 from vlprompt.engine.config import DASSL_DEFAULTS
+from vlprompt.errors import UserValueError
 
 # The public name exists from torch 2.0; torch 1.13 only has the underscored base class.
 LRScheduler = getattr(torch_lr_scheduler, "LRScheduler", torch_lr_scheduler._LRScheduler)
@@ -91,7 +92,7 @@ def build_optimizer(
     staged_lr = _opt(optim_cfg, "STAGED_LR")
 
     if name not in AVAI_OPTIMS:
-        raise ValueError(f"OPTIM.NAME must be one of {AVAI_OPTIMS}, but got {name!r}")
+        raise UserValueError(f"OPTIM.NAME must be one of {AVAI_OPTIMS}, but got {name!r}")
 
     if param_groups is not None and staged_lr:
         warnings.warn(
@@ -237,7 +238,7 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> LRSc
     max_epoch = _opt(optim_cfg, "MAX_EPOCH")
 
     if sched_name not in AVAI_SCHEDS:
-        raise ValueError(f"OPTIM.LR_SCHEDULER must be one of {AVAI_SCHEDS}, but got {sched_name!r}")
+        raise UserValueError(f"OPTIM.LR_SCHEDULER must be one of {AVAI_SCHEDS}, but got {sched_name!r}")
 
     scheduler: LRScheduler
     if sched_name == "single_step":
@@ -276,5 +277,5 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any) -> LRSc
                 optimizer, scheduler, warmup_epoch, _opt(optim_cfg, "WARMUP_MIN_LR")
             )
         else:
-            raise ValueError(f"OPTIM.WARMUP_TYPE must be one of {AVAI_WARMUPS}, but got {warmup_type!r}")
+            raise UserValueError(f"OPTIM.WARMUP_TYPE must be one of {AVAI_WARMUPS}, but got {warmup_type!r}")
     return scheduler

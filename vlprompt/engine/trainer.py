@@ -41,6 +41,7 @@ from vlprompt.engine.progress import track
 from vlprompt.engine.registry import TRAINER_REGISTRY
 from vlprompt.engine.seeding import capture_rng_state, restore_rng_state
 from vlprompt.errors import UserError, UserFileNotFoundError, write_error
+from vlprompt.io import strip_module_prefix
 
 __all__ = [
     "FINGERPRINT_KEY",
@@ -78,9 +79,17 @@ def resolve_device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
-def strip_module_prefix(state_dict: dict) -> OrderedDict:
-    """Drop the ``module.`` prefix that (Distributed)DataParallel adds to parameter names."""
-    return OrderedDict((k.removeprefix("module."), v) for k, v in state_dict.items())
+def adopt_data_manager(trainer: Any, dm: Any) -> None:
+    """Give ``trainer`` the attributes Dassl's ``build_data_loader`` sets from a data manager (its loaders,
+    class count and names, ``dm``); works with Dassl's data manager as well as ours."""
+    trainer.train_loader_x = dm.train_loader_x
+    trainer.train_loader_u = dm.train_loader_u
+    trainer.val_loader = dm.val_loader
+    trainer.test_loader = dm.test_loader
+    trainer.num_classes = dm.num_classes
+    trainer.num_source_domains = dm.num_source_domains
+    trainer.lab2cname = dm.lab2cname
+    trainer.dm = dm
 
 
 class TrainerBase:
@@ -207,26 +216,26 @@ class TrainerBase:
         if not names or any(point is None for point in points.values()):
             for reason in missing:
                 log.warning(f"{reason}, and no other checkpoint is there")
-            print("No checkpoint found, train from scratch")
+            log.info("No checkpoint found, train from scratch")
             return 0
         self._check_resume_settings(directory, points)
-        print(f"Found checkpoint at {directory} (will resume training)")
+        log.info(f"Found checkpoint at {directory} (will resume training)")
         start_epoch = 0
         rng_state = None
         for name in names:
             checkpoint = points[name].checkpoint
             self._models[name].load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
-            print("Loaded model weights")
+            log.info("Loaded model weights")
             if self._optims[name] is not None and checkpoint.get("optimizer"):
                 self._optims[name].load_state_dict(checkpoint["optimizer"])
-                print("Loaded optimizer")
+                log.info("Loaded optimizer")
             if self._scheds[name] is not None and checkpoint.get("scheduler"):
                 self._scheds[name].load_state_dict(checkpoint["scheduler"])
-                print("Loaded scheduler")
+                log.info("Loaded scheduler")
             self.restore_checkpoint_extras(name, checkpoint)
             start_epoch = checkpoint["epoch"]
             rng_state = checkpoint.get("rng_state", rng_state)
-            print(f"Previous epoch: {start_epoch}")
+            log.info(f"Previous epoch: {start_epoch}")
             self.last_checkpoint = points[name].path
         if rng_state is not None:
             restore_rng_state(rng_state)
@@ -261,7 +270,7 @@ class TrainerBase:
     def load_model(self, directory: str, epoch: int | None = None) -> None:
         """Load ``directory/<name>/model-best.pth.tar`` (or ``model.pth.tar-<epoch>``) into each model."""
         if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
+            log.info("Note that load_model() is skipped as no pretrained model is given (ignore this if it's done on purpose)")
             return
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
@@ -271,7 +280,7 @@ class TrainerBase:
             checkpoint = load_checkpoint(model_path, map_location=self.device)
             val_result = checkpoint.get("val_result")
             shown = "None" if val_result is None else f"{val_result:.1f}"
-            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
+            log.info(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={shown})")
             self._models[name].load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
 
     # ----------------------------------------------------------------------------------- loop parts
@@ -418,15 +427,7 @@ class SimpleTrainer(TrainerBase):
         """Validate method-specific config values (optional override)."""
 
     def build_data_loader(self) -> None:
-        dm = DataManager(self.cfg)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        adopt_data_manager(self, DataManager(self.cfg))
 
     def wrap_distributed(self) -> None:
         """Under torchrun, wrap ``self.model`` in DistributedDataParallel so gradients are averaged."""
@@ -455,17 +456,17 @@ class SimpleTrainer(TrainerBase):
         self.time_start = time.time()
 
     def after_train(self) -> None:
-        print("Finish training")
+        log.info("Finish training")
         self._remove_resume_points()
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
-                print("Deploy the model with the best val performance")
+                log.info("Deploy the model with the best val performance")
                 self.load_model(self.output_dir)
             else:
-                print("Deploy the last-epoch model")
+                log.info("Deploy the last-epoch model")
             self.test()
         elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
-        print(f"Elapsed: {elapsed}")
+        log.info(f"Elapsed: {elapsed}")
         self.close_writer()
 
     def after_epoch(self) -> None:
@@ -502,7 +503,7 @@ class SimpleTrainer(TrainerBase):
         else:
             split = "test"
             data_loader = self.test_loader
-        print(f"Evaluate on the *{split}* set")
+        log.info(f"Evaluate on the *{split}* set")
         self._testing = split  # for interruption_hint
         for batch in track(data_loader, desc=split, enabled=self.cfg.VERBOSE):
             inputs, labels = self.parse_batch_test(batch)
@@ -550,7 +551,7 @@ class TrainerX(SimpleTrainer):
                 remaining = self.num_batches - self.batch_idx - 1
                 remaining += (self.max_epoch - self.epoch - 1) * self.num_batches
                 eta = str(datetime.timedelta(seconds=int(batch_time.avg * remaining)))
-                print(
+                log.info(
                     f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
                     f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
                     f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
@@ -568,5 +569,5 @@ class TrainerX(SimpleTrainer):
 
 def build_trainer(cfg):
     """Instantiate the trainer registered as ``cfg.TRAINER.NAME``."""
-    print(f"Loading trainer: {cfg.TRAINER.NAME}")
+    log.info(f"Loading trainer: {cfg.TRAINER.NAME}")
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)

@@ -12,18 +12,16 @@ zero, which keeps the committed file compressible.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from vlprompt import clip_backbone
-from vlprompt.clip_backbone import import_clip
+from vlprompt.modeling.backbones.openai import bundled_path, import_clip
 from vlprompt.toyworld.captions import caption_words
 
-BUNDLED_NAME = "micro-clip"  # the MODEL.BACKBONE.NAME that clip_backbone resolves to the file below
-WEIGHTS_PATH = Path(clip_backbone.__file__).resolve().parent / clip_backbone.BUNDLED_WEIGHTS[BUNDLED_NAME]
+BUNDLED_NAME = "micro-clip"  # the MODEL.BACKBONE.NAME the OpenAI family resolves to the file below
+WEIGHTS_PATH = bundled_path(BUNDLED_NAME)
 METADATA_PATH = WEIGHTS_PATH.with_suffix(".json")  # how the weights were made (the script's record)
 
 # clip.model.CLIP arguments. Heads must be what build_model infers from a state dict: text width // 64,

@@ -11,9 +11,12 @@ from yacs.config import CfgNode as CN
 
 from vlprompt.compat import TRAINER_REGISTRY
 from vlprompt.engine.config import register_cfg_extension
+from vlprompt.engine.logging import muted
+from vlprompt.modeling import PromptLearner, adapter_for, normalize
+from vlprompt.modeling.prompt_checkpoints import load_prompt_state, register_checkpoint_kind
+from vlprompt.modeling.prompt_clip import PromptCLIP
 from vlprompt.prompt_trainer import PromptLearningTrainer
-from vlprompt.prompts import PromptLearner
-from vlprompt.text_encoder import PromptTextEncoder
+from vlprompt.tta.sources import ContextSource, tensor_fingerprint
 
 
 @register_cfg_extension
@@ -33,7 +36,7 @@ class ConditionalPromptLearner(PromptLearner):
 
     def __init__(self, classnames: list[str], clip_model: nn.Module, n_ctx: int, ctx_init: str) -> None:
         super().__init__(classnames, clip_model, n_ctx=n_ctx, ctx_init=ctx_init)
-        vis_dim = clip_model.visual.output_dim
+        vis_dim = adapter_for(clip_model).image_output_dim
         ctx_dim = self.ctx.shape[-1]
         self.meta_net = nn.Sequential(
             OrderedDict(
@@ -55,33 +58,21 @@ class ConditionalPromptLearner(PromptLearner):
         return self.assemble(self.conditional_context(image_features))
 
 
-class CoCoOpCLIP(nn.Module):
+class CoCoOpCLIP(PromptCLIP):
     """Frozen CLIP with image-conditioned prompts; returns the CE loss in training, logits otherwise."""
 
     def __init__(self, classnames: list[str], clip_model: nn.Module, cocoop_cfg) -> None:
-        super().__init__()
-        self.prompt_learner = ConditionalPromptLearner(
-            classnames, clip_model, n_ctx=cocoop_cfg.N_CTX, ctx_init=cocoop_cfg.CTX_INIT
-        )
-        self.image_encoder = clip_model.visual
-        self.text_encoder = PromptTextEncoder(clip_model, max_prompts=cocoop_cfg.MAX_PROMPTS)
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
+        learner = ConditionalPromptLearner(classnames, clip_model, n_ctx=cocoop_cfg.N_CTX, ctx_init=cocoop_cfg.CTX_INIT)
+        super().__init__(learner, clip_model, max_prompts=cocoop_cfg.MAX_PROMPTS)
 
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, n_cls)`` for normalised image features; the images' prompts are encoded together
-        (CoCoOp loops over the images), in passes of at most ``MAX_PROMPTS`` prompts."""
-        learner = self.prompt_learner
-        prompts = learner(image_features)
-        text_features = self.text_encoder(prompts, learner.tokenized_prompts, learner.shared_prefix_length)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        # per image: its features against its own class prompts
-        return self.logit_scale.exp() * torch.einsum("bd,bcd->bc", image_features, text_features)
+        (CoCoOp loops over the images), in passes of at most ``MAX_PROMPTS`` prompts. Each image is scored
+        against its own class prompts."""
+        return self.logits(image_features, self.encode_prompts(self.prompt_learner(image_features)))
 
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        image_features = self.image_encoder(image.type(self.dtype))
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        logits = self.logits_from_features(image_features)
+        logits = self.logits_from_features(self.encode_image(image))
         if self.prompt_learner.training:
             return F.cross_entropy(logits, label)
         return logits
@@ -105,3 +96,45 @@ class CoCoOp(PromptLearningTrainer):
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+
+# ------------------------------------------------------------------------------ starting TPT from CoCoOp
+class CoCoOpContext(ContextSource):
+    """TPT+CoCoOp: each image starts from the context CoCoOp's meta-net makes for its original view."""
+
+    kind = "cocoop"
+    shared = False
+
+    def __init__(self, state: dict, source: str, raw_feature: bool = False) -> None:
+        self.state = OrderedDict((k, v.detach().float().cpu()) for k, v in state.items())
+        self.source = source
+        self.raw_feature = raw_feature
+
+    def learner(self, classnames, clip_model: nn.Module) -> PromptLearner:
+        with torch.random.fork_rng(devices=[]), muted():
+            learner = ConditionalPromptLearner(list(classnames), clip_model, n_ctx=self.state["ctx"].shape[0],
+                                               ctx_init="")
+        load_prompt_state(learner, self.state, self.source)
+        return learner
+
+    def initial_context(self, learner: PromptLearner, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return learner.conditional_context(features if self.raw_feature else normalize(features))
+
+    def describe(self) -> str:
+        return f'CoCoOp context and meta-net from "{self.source}" ({self.state["ctx"].shape[0]} tokens)'
+
+    def fingerprint(self) -> str:
+        return f"cocoop:{tensor_fingerprint(*self.state.values())}|raw={self.raw_feature}"
+
+
+def _is_cocoop(keys: set[str]) -> bool:
+    rest = keys - {"ctx"}
+    return "ctx" in keys and bool(rest) and all(key.startswith("meta_net.") for key in rest)
+
+
+def _cocoop_context(state: dict, source: str, tpt_cfg) -> ContextSource:
+    return CoCoOpContext(state, source, raw_feature=bool(getattr(tpt_cfg, "COCOOP_RAW_FEATURE", False)))
+
+
+register_checkpoint_kind("cocoop", "ctx + meta_net.*", _is_cocoop, _cocoop_context)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 from yacs.config import CfgNode as CN
@@ -10,9 +9,11 @@ from yacs.config import CfgNode as CN
 from vlprompt.compat import TRAINER_REGISTRY
 from vlprompt.engine.config import register_cfg_extension
 from vlprompt.engine.metrics import compute_accuracy
+from vlprompt.modeling.prompt_checkpoints import register_checkpoint_kind
+from vlprompt.modeling.prompt_clip import PromptCLIP
+from vlprompt.modeling.prompts import learner_from_config
 from vlprompt.prompt_trainer import PromptLearningTrainer
-from vlprompt.prompts import PromptLearner, context_words
-from vlprompt.text_encoder import PromptTextEncoder
+from vlprompt.tta.sources import learned_context
 
 
 @register_cfg_extension
@@ -26,39 +27,11 @@ def add_coop_keys(cfg) -> None:
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end, middle or front
 
 
-class CoOpCLIP(nn.Module):
+class CoOpCLIP(PromptCLIP):
     """Frozen CLIP whose classifier is the text encoding of learned prompts for every class."""
 
     def __init__(self, classnames: list[str], clip_model: nn.Module, coop_cfg) -> None:
-        super().__init__()
-        csc = coop_cfg.CSC
-        if csc and context_words(coop_cfg.CTX_INIT):
-            # CoOp initialises from words only as one shared context and ignores CSC then; doing the same
-            # keeps checkpoints of such runs interchangeable (ctx of shape (n_ctx, D)).
-            print("CSC is ignored when CTX_INIT is set (as in CoOp): one context shared by all classes")
-            csc = False
-        self.prompt_learner = PromptLearner(
-            classnames,
-            clip_model,
-            n_ctx=coop_cfg.N_CTX,
-            ctx_init=coop_cfg.CTX_INIT,
-            csc=csc,
-            class_token_position=coop_cfg.CLASS_TOKEN_POSITION,
-        )
-        self.image_encoder = clip_model.visual
-        self.text_encoder = PromptTextEncoder(clip_model)
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
-
-    def text_features(self) -> torch.Tensor:
-        learner = self.prompt_learner
-        features = self.text_encoder(learner(), learner.tokenized_prompts, learner.shared_prefix_length)
-        return features / features.norm(dim=-1, keepdim=True)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        image_features = self.image_encoder(image.type(self.dtype))
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        return self.logit_scale.exp() * image_features @ self.text_features().t()
+        super().__init__(learner_from_config(classnames, clip_model, coop_cfg), clip_model)
 
 
 @TRAINER_REGISTRY.register()
@@ -80,3 +53,7 @@ class CoOp(PromptLearningTrainer):
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+
+# TPT (and any other consumer of prompt checkpoints) can start from a CoOp context: a ``ctx`` alone.
+register_checkpoint_kind("coop", "ctx only", lambda keys: keys == {"ctx"}, learned_context)

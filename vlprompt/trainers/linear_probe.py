@@ -12,6 +12,7 @@ the prompt learners see, and it prints Dassl's result block and writes ``run.jso
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -23,12 +24,12 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from vlprompt.clip_backbone import apply_precision, load_clip
-from vlprompt.compat import TRAINER_REGISTRY, TrainerX
+from vlprompt.compat import TRAINER_REGISTRY, build_data_loader, build_transform
 from vlprompt.engine.config import register_cfg_extension
-from vlprompt.engine.data import build_data_loader
 from vlprompt.errors import UserValueError
-from vlprompt.prompt_trainer import clip_fingerprint_extras
+from vlprompt.prompt_trainer import ClipTrainer
+
+log = logging.getLogger(__name__)
 
 COARSE_SEARCH = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 HEAD = "linear_probe"
@@ -131,7 +132,7 @@ def search_regularization(train_x: np.ndarray, train_y: np.ndarray, val_x: np.nd
 
 
 @TRAINER_REGISTRY.register()
-class LinearProbeCLIP(TrainerX):
+class LinearProbeCLIP(ClipTrainer):
     """Frozen CLIP image encoder + a logistic-regression head; "training" fits the head once."""
 
     CONFIG_SECTION = "LINEAR_PROBE"  # its keys (vlprompt.engine.fingerprint.method_section)
@@ -143,18 +144,11 @@ class LinearProbeCLIP(TrainerX):
         if lp.NUM_STEP < 0:
             raise UserValueError(f"TRAINER.LINEAR_PROBE.NUM_STEP is {lp.NUM_STEP}; use 0 or more rounds")
 
-    def fingerprint_extras(self) -> dict:
-        return clip_fingerprint_extras(self.cfg)
-
     def build_model(self) -> None:
-        cfg = self.cfg
-        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         # As zero-shot CLIP: the released fp16 weights on a GPU, fp32 on a CPU (fp16 there is slow).
-        prec = "fp16" if self.device.type == "cuda" else "fp32"
-        clip_model, _ = apply_precision(load_clip(cfg.MODEL.BACKBONE.NAME, device=self.device), prec, self.device)
-        clip_model.requires_grad_(False)
-        self.clip_model = clip_model
-        dim = clip_model.visual.output_dim
+        clip = self.build_clip(self.inference_precision())
+        self.clip_model = clip.model
+        dim = clip.adapter.image_output_dim
         # float64 as sklearn computes, so the head's predictions are sklearn's to the last bit.
         self.head = nn.Linear(dim, self.num_classes, dtype=torch.float64, device=self.device)
         self.head.requires_grad_(False)
@@ -163,14 +157,18 @@ class LinearProbeCLIP(TrainerX):
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) CLIP image features, float32."""
-        return self.clip_model.encode_image(images.to(self.device, self.clip_model.dtype)).float()
+        adapter = self.clip.adapter
+        return adapter.encode_image(images.to(self.device, adapter.dtype)).float()
 
     @torch.no_grad()
     def extract(self, data_source: Sequence) -> tuple[np.ndarray, np.ndarray]:
-        """Features and labels of ``data_source`` through the test transform (no augmentation)."""
+        """Features and labels of ``data_source`` through the test transform (no augmentation); loaders
+        come from the selected engine (built-in or Dassl)."""
+        if getattr(self, "_tfm_test", None) is None:  # Dassl's data manager keeps no transforms
+            self._tfm_test = getattr(self.dm, "tfm_test", None) or build_transform(self.cfg, is_train=False)
         loader = build_data_loader(
             self.cfg, sampler_type="SequentialSampler", data_source=data_source,
-            batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE, tfm=self.dm.tfm_test, is_train=False,
+            batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE, tfm=self._tfm_test, is_train=False,
         )
         features, labels = [], []
         for batch in loader:
@@ -206,7 +204,7 @@ class LinearProbeCLIP(TrainerX):
                 f"LinearProbeCLIP picks C on the validation split, and {cfg.DATASET.NAME} has none here; "
                 "use a dataset/split with a val set"
             )
-        print("Extracting frozen image features (test transform) for train and val")
+        log.info("Extracting frozen image features (test transform) for train and val")
         train_x, train_y = self.extract(dataset.train_x)
         val_x, val_y = self.extract(dataset.val)
         from sklearn.exceptions import ConvergenceWarning
@@ -225,21 +223,21 @@ class LinearProbeCLIP(TrainerX):
             else:
                 warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
                                        caught_warning.lineno)
-        print(f"Coarse search: C {[float(c) for c in lp.SEARCH_LIST]} -> val acc "
-              f"{[round(100 * a, 2) for a in result.coarse]}")
+        log.info(f"Coarse search: C {[float(c) for c in lp.SEARCH_LIST]} -> val acc "
+                 f"{[round(100 * a, 2) for a in result.coarse]}")
         for i, step in enumerate(result.steps):
-            print(f"Round {i}: C {step.c_left:.6g}/{step.c_right:.6g} val acc {100 * step.acc_left:.2f}/"
-                  f"{100 * step.acc_right:.2f} -> C {step.chosen:.6g}")
+            log.info(f"Round {i}: C {step.c_left:.6g}/{step.c_right:.6g} val acc {100 * step.acc_left:.2f}/"
+                     f"{100 * step.acc_right:.2f} -> C {step.chosen:.6g}")
         if not_converged:
-            print(f"Note: lbfgs reached MAX_ITER {lp.MAX_ITER} without converging in {not_converged} fit(s)")
-        print(f"Selected C = {result.c:.6g} (val accuracy {100 * result.val_accuracy:.2f}%, {result.fits} fits)")
+            log.info(f"Note: lbfgs reached MAX_ITER {lp.MAX_ITER} without converging in {not_converged} fit(s)")
+        log.info(f"Selected C = {result.c:.6g} (val accuracy {100 * result.val_accuracy:.2f}%, {result.fits} fits)")
         self.set_head(result.classifier)
         self.search = result
         self.save_model(0, self.output_dir, val_result=100 * result.val_accuracy)
-        print("Finish training")
+        log.info("Finish training")
         if not cfg.TEST.NO_TEST:
             self.test()
-        print(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - start))}")
+        log.info(f"Elapsed: {datetime.timedelta(seconds=round(time.time() - start))}")
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Test-time prompt tuning (TPT): views, confidence selection and the entropy objective, the per-image
-tuning loop on cached features, initial contexts from words or checkpoints, and resumable, shardable
-prediction logs. The trainer that drives them is ``trainers/tpt.py``."""
+"""Test-time evaluation: the harness every test-time method runs on (``harness.py``: datasets, views, the
+per-image loop, resumable and shardable prediction logs), and TPT's pieces (confidence selection and the
+entropy objective, the tuning loop on cached features, initial contexts from words or checkpoints). TPT
+itself (``trainers/tpt.py``) is its method on the harness."""
 
 from vlprompt.tta.objective import marginal_entropy, num_selected, select_confident, view_entropy
 from vlprompt.tta.sources import (

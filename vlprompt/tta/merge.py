@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from vlprompt.engine.checkpoint import atomic_write_text
+from vlprompt.engine.logging import setup_console_logging
 from vlprompt.errors import UserFileNotFoundError
 from vlprompt.tta.records import (
     COMPATIBLE_FIELDS,
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> OrderedDict:
     parser.add_argument("paths", nargs="+", help="prediction logs or folders holding them")
     parser.add_argument("--output-dir", default="", help="write merged logs and tpt_results.json here")
     args = parser.parse_args(argv)
+    setup_console_logging()  # the result block it prints is logged, as a run's
 
     from vlprompt.engine.config import get_cfg_default
 

@@ -189,24 +189,24 @@ def report(rows: Sequence[dict], num_classes: int, cfg, set_name: str,
     results = evaluator.evaluate()
     results["top5_accuracy"] = topk_accuracy(rows, 5)
     results["images"] = len(rows)
-    print(f"* top5_accuracy: {results['top5_accuracy']:.1f}%")
-    print(reference_line(set_name, results["accuracy"], results["top5_accuracy"]))
+    log.info(f"* top5_accuracy: {results['top5_accuracy']:.1f}%")
+    log.info(reference_line(set_name, results["accuracy"], results["top5_accuracy"]))
     return results
 
 
 def print_summary(results: OrderedDict[str, dict], steps: int, lr: float, n_views: int) -> None:
     """The reference's closing summary (set ids and top-1, tab-separated) and a table with top-5."""
-    print("======== Result Summary ========")
-    print("params: nstep\tlr\tbs")
-    print(f"params: {steps}\t{lr}\t{n_views}")
-    print("\t\t [set_id] \t\t Top-1 acc. \t\t Top-5 acc.")
-    print("".join(f"{name}\t" for name in results) + "\n")
-    print("".join(f"{metrics['accuracy']:.2f}\t" for metrics in results.values()) + "\n")
+    log.info("======== Result Summary ========")
+    log.info("params: nstep\tlr\tbs")
+    log.info(f"params: {steps}\t{lr}\t{n_views}")
+    log.info("\t\t [set_id] \t\t Top-1 acc. \t\t Top-5 acc.")
+    log.info("".join(f"{name}\t" for name in results) + "\n")
+    log.info("".join(f"{metrics['accuracy']:.2f}\t" for metrics in results.values()) + "\n")
     table = [[name, m["images"], f"{m['accuracy']:.2f}", f"{m['top5_accuracy']:.2f}"] for name, m in results.items()]
     if len(results) > 1:
         table.append(["average", "", f"{_mean(r['accuracy'] for r in results.values()):.2f}",
                       f"{_mean(r['top5_accuracy'] for r in results.values()):.2f}"])
-    print(tabulate(table, headers=["dataset", "images", "top-1", "top-5"]))
+    log.info(tabulate(table, headers=["dataset", "images", "top-1", "top-5"]))
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -2,42 +2,34 @@
 
 A :class:`ContextSource` does not depend on the class set: :meth:`ContextSource.learner` builds the
 prompt learner for any list of class names from the (already loaded) CLIP, so moving to another dataset
-never reloads CLIP. Checkpoints are recognised by their keys through a table of kinds
-(:func:`register_checkpoint_kind`); ``coop`` (a context only) lives here, other methods register theirs
-next to their trainer (CoCoOp's in ``trainers/tpt.py``).
+never reloads CLIP. Checkpoints are recognised by their keys through the table of kinds in
+:mod:`vlprompt.modeling.prompt_checkpoints`; each method declares its kind next to its own code (CoOp's
+in ``trainers/coop.py``, CoCoOp's in ``trainers/cocoop.py``, GenPT's in ``trainers/genpt.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import os.path as osp
-import re
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from vlprompt.engine.checkpoint import (
-    BEST_FILE,
-    EPOCH_FILE_PREFIX,
-    FINGERPRINT_KEY,
-    SETTINGS_KEY,
-    load_checkpoint,
-    read_checkpoint_pointer,
+from vlprompt.errors import UserValueError
+from vlprompt.modeling.backbones.base import adapter_for
+from vlprompt.modeling.prompt_checkpoints import (  # noqa: F401 - the kinds table, also known by these names here
+    CHECKPOINT_KINDS,
+    CLASS_SET_BUFFERS,
+    CheckpointKind,
+    UnknownCheckpointError,
+    build_from_checkpoint,
+    checkpoint_signature,
+    detect_checkpoint_kind,
+    prompt_state,
+    register_checkpoint_kind,
+    resolve_checkpoint,
 )
-from vlprompt.errors import UserError, UserFileNotFoundError, UserValueError
-from vlprompt.prompts import PromptLearner
-
-# Buffers that belong to the class set a checkpoint was trained on; never part of a kind's signature.
-CLASS_SET_BUFFERS = ("token_prefix", "token_suffix")
-PROMPT_LEARNER_DIR = "prompt_learner"
-
-
-class UnknownCheckpointError(UserError, ValueError):
-    """A checkpoint whose keys match no registered kind (CoOp, CoCoOp, ...)."""
+from vlprompt.modeling.prompts import PromptLearner
 
 
 def tensor_fingerprint(*tensors: torch.Tensor) -> str:
@@ -129,7 +121,7 @@ class LearnedContext(ContextSource):
         return self.ctx.dim() == 3
 
     def learner(self, classnames: Sequence[str], clip_model: nn.Module) -> PromptLearner:
-        width = clip_model.ln_final.weight.shape[0]
+        width = adapter_for(clip_model).text_width
         if self.ctx.shape[-1] != width:
             raise UserValueError(
                 f'"{self.source}": context width {self.ctx.shape[-1]} does not match the CLIP text width {width}; '
@@ -155,109 +147,13 @@ class LearnedContext(ContextSource):
 
 
 # ------------------------------------------------------------------------------ kinds of checkpoints
-@dataclass(frozen=True)
-class CheckpointKind:
-    """``matches(keys)`` says whether a state dict (class-set buffers removed) is this kind;
-    ``build(state_dict, source, tpt_cfg)`` makes its :class:`ContextSource`."""
-
-    name: str
-    description: str
-    matches: Callable[[set[str]], bool]
-    build: Callable[[dict, str, object], ContextSource]
+def context_from_checkpoint(path: str, tpt_cfg=None, epoch: int | None = None) -> ContextSource:
+    """Load a checkpoint (file or model directory) safely, recognise its kind (declared by its method, see
+    :mod:`vlprompt.modeling.prompt_checkpoints`) and build its context source."""
+    return build_from_checkpoint(path, tpt_cfg, epoch)
 
 
-CHECKPOINT_KINDS: OrderedDict[str, CheckpointKind] = OrderedDict()
-
-
-def register_checkpoint_kind(name: str, description: str, matches: Callable[[set[str]], bool],
-                             build: Callable[[dict, str, object], ContextSource]) -> None:
-    """Teach TPT to start from another method's checkpoint (e.g. GenPT's): its key signature and builder."""
-    CHECKPOINT_KINDS[name] = CheckpointKind(name, description, matches, build)
-
-
-def _coop_context(state: dict, source: str, tpt_cfg) -> ContextSource:
+def learned_context(state: dict, source: str, tpt_cfg) -> LearnedContext:
+    """A :class:`LearnedContext` from a prompt state's ``ctx``, with TPT's class-token position (CoOp's kind)."""
     position = getattr(tpt_cfg, "CLASS_TOKEN_POSITION", "end") if tpt_cfg is not None else "end"
     return LearnedContext(state["ctx"], source, class_token_position=position)
-
-
-register_checkpoint_kind("coop", "ctx only", lambda keys: keys == {"ctx"}, _coop_context)
-
-
-def prompt_state(checkpoint: dict, source: str) -> OrderedDict:
-    """The state dict inside a Dassl checkpoint (or a bare state dict), ``module.`` prefixes and the
-    class-set buffers removed."""
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise UnknownCheckpointError(
-            f'"{source}" holds no state dict of tensors (top-level keys: {found}); TPT starts from a CoOp or '
-            "CoCoOp checkpoint such as <output_dir>/prompt_learner/model.pth.tar-<epoch>"
-        )
-    cleaned = OrderedDict((k.removeprefix("module."), v) for k, v in state.items())
-    for key in CLASS_SET_BUFFERS:
-        cleaned.pop(key, None)
-    return cleaned
-
-
-# Top-level entries every Dassl-format checkpoint has; any other entry (e.g. GenPT's ``genpt``) is part
-# of a kind's signature as ``checkpoint:<name>``.
-STANDARD_CHECKPOINT_KEYS = frozenset({"state_dict", "epoch", "optimizer", "scheduler", "val_result", "rng_state",
-                                      FINGERPRINT_KEY, SETTINGS_KEY})
-
-
-def checkpoint_signature(checkpoint: dict, state: dict) -> set[str]:
-    """The keys a kind is recognised by: the state dict's, plus ``checkpoint:<name>`` for extra entries."""
-    extras = set(checkpoint) - STANDARD_CHECKPOINT_KEYS if "state_dict" in checkpoint else set()
-    return set(state) | {f"checkpoint:{name}" for name in extras}
-
-
-def detect_checkpoint_kind(state: dict, source: str, extra_keys: frozenset[str] = frozenset()) -> str:
-    """The registered kind whose signature the keys of ``state`` (plus ``extra_keys``) match; a clear
-    error otherwise."""
-    keys = set(state) | set(extra_keys)
-    for kind in CHECKPOINT_KINDS.values():
-        if kind.matches(keys):
-            return kind.name
-    known = "; ".join(f"{k.name} ({k.description})" for k in CHECKPOINT_KINDS.values())
-    raise UnknownCheckpointError(
-        f'"{source}" is not a checkpoint TPT can start from: its keys are {sorted(keys)} '
-        f"(token_prefix/token_suffix ignored), which match no known kind: {known}"
-    )
-
-
-def resolve_checkpoint(path: str, epoch: int | None = None) -> str:
-    """A checkpoint file from ``path``: a file as is; a run folder or its ``prompt_learner/`` folder gives
-    ``model.pth.tar-<epoch>``, or without an epoch ``model-best.pth.tar``, the ``checkpoint`` pointer's file,
-    or the highest epoch, in that order."""
-    path = osp.expanduser(path)
-    if osp.isfile(path):
-        if epoch is not None:
-            raise UserValueError(f'"{path}" is a file; --load-epoch only applies to a model directory')
-        return path
-    if not osp.isdir(path):
-        raise UserFileNotFoundError(f'TPT checkpoint "{path}" does not exist (give a checkpoint file or a model directory)')
-    folder = osp.join(path, PROMPT_LEARNER_DIR) if osp.isdir(osp.join(path, PROMPT_LEARNER_DIR)) else path
-    if epoch is not None:
-        candidate = osp.join(folder, f"{EPOCH_FILE_PREFIX}{epoch}")
-        if not osp.isfile(candidate):
-            raise UserFileNotFoundError(f'Model not found at "{candidate}"')
-        return candidate
-    if osp.isfile(osp.join(folder, BEST_FILE)):
-        return osp.join(folder, BEST_FILE)
-    pointed = read_checkpoint_pointer(folder)
-    if pointed and osp.isfile(osp.join(folder, pointed)):
-        return osp.join(folder, pointed)
-    epochs = [int(m.group(1)) for name in os.listdir(folder) if (m := re.fullmatch(r"model\.pth\.tar-(\d+)", name))]
-    if epochs:
-        return osp.join(folder, f"{EPOCH_FILE_PREFIX}{max(epochs)}")
-    raise UserFileNotFoundError(f'No checkpoint in "{folder}" (looked for {BEST_FILE}, the checkpoint pointer and '
-                            f"{EPOCH_FILE_PREFIX}<epoch>)")
-
-
-def context_from_checkpoint(path: str, tpt_cfg=None, epoch: int | None = None) -> ContextSource:
-    """Load a checkpoint (file or model directory) safely, recognise its kind and build its context source."""
-    file = resolve_checkpoint(path, epoch)
-    checkpoint = load_checkpoint(file)
-    state = prompt_state(checkpoint, file)
-    kind = detect_checkpoint_kind(state, file, frozenset(checkpoint_signature(checkpoint, state) - set(state)))
-    return CHECKPOINT_KINDS[kind].build(state, file, tpt_cfg)

@@ -14,10 +14,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from vlprompt.prompts import PromptLearner
-from vlprompt.text_encoder import PromptTextEncoder
+from vlprompt.modeling import PromptLearner, PromptTextEncoder, adapter_for, normalize, scaled_logits
 from vlprompt.tta.objective import marginal_entropy, select_confident
-from vlprompt.tta.tuner import TPTSettings, normalize
+from vlprompt.tta.tuner import TPTSettings
 
 
 class StraightforwardTPT:
@@ -26,9 +25,10 @@ class StraightforwardTPT:
 
     def __init__(self, clip_model: nn.Module, learner: PromptLearner, settings: TPTSettings,
                  initial_context: Callable[[PromptLearner, torch.Tensor], torch.Tensor] | None = None) -> None:
-        self.image_encoder = clip_model.visual
-        self.text_encoder = PromptTextEncoder(clip_model, truncate=False, share_prefix=False)
-        self.logit_scale = clip_model.logit_scale.detach().exp().float()
+        adapter = adapter_for(clip_model)
+        self.image_encoder = adapter.visual
+        self.text_encoder = PromptTextEncoder(adapter, truncate=False, share_prefix=False)
+        self.logit_scale = adapter.logit_scale.detach().exp().float()
         self.learner = learner
         self.settings = settings
         self.initial_context = initial_context
@@ -42,7 +42,7 @@ class StraightforwardTPT:
 
     def logits(self, features: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         text = self.text_encoder(self.learner.assemble(ctx), self.learner.tokenized_prompts).float()
-        return self.logit_scale * normalize(features) @ normalize(text).t()
+        return scaled_logits(normalize(features), normalize(text), self.logit_scale)
 
     def __call__(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.initial_context is not None:

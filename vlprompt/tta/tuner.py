@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlprompt.prompts import PromptLearner
+from vlprompt.modeling.heads import normalize, scaled_logits
+from vlprompt.modeling.prompts import PromptLearner
 from vlprompt.tta.objective import marginal_entropy, select_confident
 
 
@@ -46,13 +47,9 @@ class TuneResult:
     loss: torch.Tensor | None
 
 
-def normalize(features: torch.Tensor) -> torch.Tensor:
-    return features / features.norm(dim=-1, keepdim=True)
-
-
 class PromptTuner:
     """TPT for one class set: ``learner`` holds its prompt pieces, ``text_encoder`` is a
-    :class:`~vlprompt.text_encoder.PromptTextEncoder`, ``logit_scale`` CLIP's (already exponentiated)."""
+    :class:`~vlprompt.modeling.text_encoder.PromptTextEncoder`, ``logit_scale`` CLIP's (already exponentiated)."""
 
     def __init__(self, learner: PromptLearner, text_encoder: nn.Module, logit_scale: torch.Tensor,
                  settings: TPTSettings, scaler: torch.amp.GradScaler | None = None,
@@ -79,7 +76,7 @@ class PromptTuner:
 
     def logits(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """``(B, V, n_cls)`` logits of normalised view features ``(B, V, E)`` against ``text`` ``(B, n_cls, E)``."""
-        return self.logit_scale * torch.einsum("bve,bce->bvc", features.float(), text)
+        return scaled_logits(features.float(), text, self.logit_scale)
 
     def tune(self, features: torch.Tensor, init_ctx: torch.Tensor, same_start: bool = False) -> TuneResult:
         """Tune one context per image from ``init_ctx`` ``(B, ...)`` on its views' normalised features

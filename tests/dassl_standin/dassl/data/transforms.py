@@ -1,0 +1,3 @@
+"""Dassl's ``dassl.data.transforms``."""
+
+from vlprompt.engine.data import build_transform  # noqa: F401
