@@ -132,6 +132,20 @@ def test_import_sets_the_wait_policy_before_torch_and_commands_size_the_pool():
     assert run_python(first, SLURM_CPUS_PER_TASK="2") == "None 1 torch imported before vlprompt"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="affinity masks are Linux's")
+def test_a_command_follows_the_affinity_mask_unless_omp_num_threads_says_otherwise():
+    # As `taskset -c 0 python train.py ...` starts it: one CPU in the mask, whatever the machine has.
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import vlprompt, torch; "
+            "from vlprompt.threads import apply_cpu_policy; p = apply_cpu_policy(); "
+            "print(torch.get_num_threads(), p.source, os.environ.get('OMP_WAIT_POLICY'))")
+    assert run_python(code) == "1 affinity mask PASSIVE"
+    # The user's count wins over the mask (torch itself caps it at the machine's cores).
+    assert run_python(code, OMP_NUM_THREADS="2") == f"{min(2, os.cpu_count())} OMP_NUM_THREADS PASSIVE"
+    assert run_python(code, OMP_WAIT_POLICY="active") == "1 affinity mask active"  # the user's policy stays
+    # Off: torch's own count and no wait policy (GNU OpenMP spins).
+    assert run_python(code, VLPROMPT_CPU_POLICY="off").split(" ", 1)[1] == "VLPROMPT_CPU_POLICY=off None"
+
+
 def test_bad_thread_setting_is_one_line_before_work(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "many"}
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--root", str(tmp_path)], env=env,
