@@ -173,6 +173,14 @@ def run_measurement(spec: dict, policy: str, busy: int, timeout: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ report
+def uptime() -> str:
+    """``uptime``'s line (the load averages other users' jobs add; they compete as the busy loops do)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
 def key_time(row: dict) -> tuple[str, float | None]:
     """What a workload's slowdown is measured on: per image where there are images, else the whole run."""
     if "wall_per_image_s" in row:
@@ -252,6 +260,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     write_toyworld(workdir / "data")  # once, not timed (the demo's own data step is in "demo")
     rows: list[dict] = []
     started = time.time()
+    uptime_before = uptime()
     for workload in args.workloads:
         spec = {"workload": workload, "workdir": str(workdir), "epochs": args.epochs,
                 "tpt_images": args.tpt_images, "view_images": args.view_images}
@@ -272,6 +281,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                              if "parallel backend" in line), ""),
                    "cpus": cpus, "cpu_source": cpu_source, "competitors": busy,
                    "settings": {"epochs": args.epochs, "tpt_images": args.tpt_images, "view_images": args.view_images},
+                   "uptime_before": uptime_before, "uptime_after": uptime(),
                    "seconds": time.time() - started, "results": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         from vlprompt.engine.checkpoint import atomic_write_text

@@ -243,7 +243,7 @@ class DemoContext:
             trainer = train_main(args)
         run = DemoRun(method, dataset, classes, shots, float(trainer.test_results["accuracy"]), output_dir)
         self.runs.append(run)
-        shot_text = f", {shots} shots" if shots else ""
+        shot_text = f", {shots} shot{'' if shots == 1 else 's'}" if shots else ""
         print(f"  {method} on {dataset} ({classes} classes{shot_text}): accuracy {run.accuracy:.1f}% "
               f"[{time.time() - started:.0f} s, {output_dir / 'log.txt'}]")
         return run
