@@ -22,6 +22,7 @@ from types import ModuleType
 
 from vlprompt.engine.logging import setup_console_logging
 from vlprompt.errors import UsageError, run_cli
+from vlprompt.threads import apply_cpu_policy
 
 PROG = "vlprompt"
 # Flags of train.py whose value is a config file (resolved against the shipped configs).
@@ -128,6 +129,7 @@ def run_train(argv: list[str]) -> int:
 def train_main() -> int:
     """Console entry point ``vlprompt-train``: ``vlprompt train``."""
     setup_console_logging()
+    run_cli(apply_cpu_policy, program=f"{PROG}-train")  # torch's threads for the CPUs this process is given
     return run_train(sys.argv[1:])
 
 
@@ -449,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``vlprompt COMMAND [ARGS ...]``; returns the command's exit status."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     setup_console_logging()  # library messages (e.g. which shipped config is used) reach the console
+    run_cli(apply_cpu_policy, program=PROG)  # torch's threads for the CPUs this process is given
     command = next(command for command in COMMANDS if command.name == args.command)
     return command.run(list(args.args))
 

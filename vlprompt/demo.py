@@ -21,11 +21,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
+import os
+import re
 import shutil
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from vlprompt.resources import shipped_config
 
@@ -49,7 +55,127 @@ COCOOP_OPTS = ["TRAINER.COCOOP.PREC", "fp32", "OPTIM.MAX_EPOCH", "5"]
 GENPT_CFG = "trainers/GenPT/vit_b16_c4_ep10_batch4_ctxv1.yaml"
 GENPT_OPTS = ["TRAINER.GENPT.PREC", "fp32", "OPTIM.MAX_EPOCH", "5"]
 TPT_CFG = "trainers/TPT/vit_b16.yaml"
-TPT_OPTS = ["TRAINER.TPT.PREC", "fp32", "TRAINER.TPT.AUG", "crop", "TRAINER.TPT.BATCH_IMAGES", "8"]
+# PRINT_FREQ 8: a progress line per batch of 8 images (the demo shows it; printing changes no result).
+TPT_OPTS = ["TRAINER.TPT.PREC", "fp32", "TRAINER.TPT.AUG", "crop", "TRAINER.TPT.BATCH_IMAGES", "8",
+            "TRAINER.TPT.PRINT_FREQ", "8"]
+
+
+# What a run is doing, from the lines the trainers print (the first match wins; else the last line, cut).
+PROGRESS_EVERY = 5.0  # seconds between progress lines when the output is not a terminal
+PROGRESS_LINES: tuple[tuple[re.Pattern, Callable[[re.Match], str]], ...] = (
+    (re.compile(r"epoch \[(\d+)/(\d+)\]"), lambda m: f"epoch {m[1]}/{m[2]}"),
+    (re.compile(r"Test: \[\s*(\d+)/(\d+)\]"), lambda m: f"image {int(m[1]) + 1}/{m[2]}"),  # TPT, 0-based
+    (re.compile(r"evaluating: \S+ \(([\d,]+) "), lambda m: f"tuning a prompt for each of {m[1]} images"),
+    (re.compile(r"Coarse search"), lambda m: "linear probe: refining the regularisation C"),
+    (re.compile(r"Evaluate on the \*(\w+)\* set"), lambda m: f"testing on the {m[1]} set"),
+)
+
+
+class RunProgress(io.TextIOBase):
+    """Shows what a quiet run is doing. While a run's lines go to its ``log.txt`` only (``quiet_console``),
+    reads the ``vlprompt`` log records (:attr:`handler`) and shows the latest with the time so far, at
+    least every :data:`PROGRESS_EVERY` seconds (updated in place each second on a terminal), so no step
+    is silent. It also stands in for stdout: what still reaches the console (warnings) passes through,
+    on a line of its own."""
+
+    def __init__(self, label: str, console: TextIO, every: float = PROGRESS_EVERY, status: str = "starting") -> None:
+        super().__init__()
+        self.label = label
+        self.console = console
+        self.status = status
+        self.started = time.time()
+        try:
+            self.live = console.isatty()
+        except (AttributeError, ValueError):
+            self.live = False
+        self.every = 1.0 if self.live else every
+        self.handler = _ProgressHandler(self)
+        self._drawn = False  # a live status line is on the screen (a passing write clears it first)
+        self._lock = threading.Lock()  # the ticking thread and the run both write to the console
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="demo-progress", daemon=True)
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:  # no progress bars drawn through it
+        return False
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._clear()
+            self.console.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    def read_line(self, line: str) -> None:
+        """Update the status from one line the run logged."""
+        line = line.strip()
+        if not line or set(line) <= set("*=-"):
+            return
+        for pattern, describe in PROGRESS_LINES:
+            match = pattern.search(line)
+            if match:
+                self.status = describe(match)
+                return
+        self.status = line if len(line) <= 60 else line[:57] + "..."
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.console.write("\r\x1b[K")
+            self._drawn = False
+
+    def show(self) -> None:
+        """Print the status line now."""
+        text = f"    {self.label}: {self.status} [{time.time() - self.started:.0f} s]"
+        with self._lock:
+            self.console.write(f"\r{text}\x1b[K" if self.live else text + "\n")
+            self._drawn = self.live
+            self.console.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.show()
+
+    def start(self) -> None:
+        """Start showing the status (a background thread, so a step that logs nothing still shows) and
+        reading the ``vlprompt`` records."""
+        logging.getLogger("vlprompt").addHandler(self.handler)
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Stop showing it (on a terminal, clear the line: the run's result line takes its place)."""
+        logging.getLogger("vlprompt").removeHandler(self.handler)
+        self._stop.set()
+        self._thread.join()
+        with self._lock:
+            self._clear()
+            self.console.flush()
+
+
+class _ProgressHandler(logging.Handler):
+    """Hands every ``vlprompt`` record's lines to a :class:`RunProgress` (whatever the console shows)."""
+
+    def __init__(self, progress: RunProgress) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for line in record.getMessage().splitlines():
+            self.progress.read_line(line)
+
+
+@contextlib.contextmanager
+def progress_shown(label: str, status: str = "starting") -> Iterator[RunProgress]:
+    """Show ``label``'s status on the console while the block runs (see :class:`RunProgress`)."""
+    progress = RunProgress(label, sys.stdout, status=status)
+    progress.start()
+    try:
+        yield progress
+    finally:
+        progress.finish()
 
 
 def config_path(relative: str) -> str:
@@ -110,12 +236,14 @@ class DemoContext:
         started = time.time()
         with contextlib.ExitStack() as quiet:  # the full output is in output_dir/log.txt either way
             if not self.verbose:
-                quiet.enter_context(quiet_console())  # warnings still show
+                progress = quiet.enter_context(progress_shown(f"{method} on {dataset}"))
+                quiet.enter_context(quiet_console())  # warnings still show (through progress, on their own line)
+                quiet.enter_context(contextlib.redirect_stdout(progress))
                 quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))  # progress bars
             trainer = train_main(args)
         run = DemoRun(method, dataset, classes, shots, float(trainer.test_results["accuracy"]), output_dir)
         self.runs.append(run)
-        shot_text = f", {shots} shots" if shots else ""
+        shot_text = f", {shots} shot{'' if shots == 1 else 's'}" if shots else ""
         print(f"  {method} on {dataset} ({classes} classes{shot_text}): accuracy {run.accuracy:.1f}% "
               f"[{time.time() - started:.0f} s, {output_dir / 'log.txt'}]")
         return run
@@ -195,6 +323,14 @@ def results_tables(output: Path) -> str:
     return render_all(tables, "md")
 
 
+def load_average() -> str:
+    """``; load average L`` (the last minute's; other jobs on the machine slow the demo), or "" where unknown."""
+    try:
+        return f"; load average {os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return ""
+
+
 def main(argv: list[str] | None = None) -> list[DemoRun]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="demo", help="where the toy world and the outputs go")
@@ -206,12 +342,16 @@ def main(argv: list[str] | None = None) -> list[DemoRun]:
     parser.add_argument("--verbose", action="store_true", help="print train.py's full output")
     args = parser.parse_args(argv)
 
+    from vlprompt.threads import apply_cpu_policy
     from vlprompt.toyworld import write_toyworld
 
+    policy = apply_cpu_policy()
     workdir = Path(args.workdir).resolve()
     started = time.time()
-    world = write_toyworld(workdir / "data")
+    with progress_shown("toy world", "writing its images (once per --workdir)"):
+        world = write_toyworld(workdir / "data")
     print(f"Toy world in {world} ({time.time() - started:.0f} s); CLIP backbone: {args.backbone}")
+    print(f"CPU: {policy.describe()}{load_average()}")
     ctx = DemoContext(workdir / "data", workdir, args.backbone, args.seed, args.shots, args.verbose)
     for name, step in STEPS:
         if args.steps and name not in args.steps:
@@ -225,4 +365,6 @@ def main(argv: list[str] | None = None) -> list[DemoRun]:
 
 
 if __name__ == "__main__":
-    main()
+    from vlprompt.errors import run_cli
+
+    run_cli(main, program="python -m vlprompt.demo")  # a user's mistake (e.g. OMP_NUM_THREADS=x): one line

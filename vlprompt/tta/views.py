@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from vlprompt.errors import UserValueError
+from vlprompt.threads import single_thread
 
 AUG_CHOICES = ("auto", "crop", "augmix")
 # ImageNet and its shifted test sets get crops and flips only (the reference's single-letter set ids, and
@@ -230,12 +231,15 @@ class ViewMaker:
         img = img.resize(size, Image.BICUBIC)
         left = round((size[0] - r) / 2.0)
         top = round((size[1] - r) / 2.0)
-        return self.preprocess(_pil_to_uint8(img.crop((left, top, left + r, top + r))))
+        with single_thread():  # one small image: a thread pool only adds waits (vlprompt.threads)
+            return self.preprocess(_pil_to_uint8(img.crop((left, top, left + r, top + r))))
 
     # ---------------------------------------------------------------------------- PIL executor
     def views(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        """All ``n_views`` views ``(N, 3, R, R)`` made with PIL, as the reference does (one CPU worker)."""
-        return torch.cat([self.original(img)[None], self.render_pil(img, self.sample(rng, *img.size))])
+        """All ``n_views`` views ``(N, 3, R, R)`` made with PIL, as the reference does (one CPU thread: the
+        per-view tensor work is too small for torch's pool, which on a busy machine makes it wait)."""
+        with single_thread():
+            return torch.cat([self.original(img)[None], self.render_pil(img, self.sample(rng, *img.size))])
 
     def render_pil(self, img: Image.Image, params: Sequence[ViewParams]) -> torch.Tensor:
         """The augmented views ``(len(params), 3, R, R)`` described by ``params``, made with PIL."""
