@@ -150,6 +150,8 @@ class PromptTextEncoder(nn.Module):
         prefix, rest = tokens[:, :shared], tokens[:, shared:]
         prefix_mask = causal_mask(shared, x.device, x.dtype)
         own_masks = {size: causal_mask(size, x.device, x.dtype) for size, _ in plan.buckets}
+        read = plan.read.to(x.device)
+        read = read[:, :, None].expand(*read.shape, x.shape[-1])  # (G, C, D): each prompt's EOT in the packing
         last = len(self.blocks) - 1
         for depth, block in enumerate(self.blocks):
             attn = block.attn
@@ -162,14 +164,15 @@ class PromptTextEncoder(nn.Module):
                 pieces.append(_attend_after_prefix(bucket, heads, k_p, v_p, own_masks[size]))
                 start += size * count
             own = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            if depth == last:  # only the EOT tokens' outputs are read: the last block's rest runs on those
+                own, rest = own.gather(1, read), rest.gather(1, read)
             rest = rest + _scaled(block.ls_1, F.linear(own, attn.out_proj.weight, attn.out_proj.bias))
             rest = rest + _scaled(block.ls_2, block.mlp(block.ln_2(rest)))
-            if depth < last:  # after the last block only the prefix's keys and values were needed
+            if depth < last:  # in the last block only the prefix's keys and values are needed
                 out_p = _attend(q_p, k_p, v_p, prefix_mask)
                 prefix = prefix + _scaled(block.ls_1, F.linear(_merge(out_p), attn.out_proj.weight, attn.out_proj.bias))
                 prefix = prefix + _scaled(block.ls_2, block.mlp(block.ln_2(prefix)))
-        read = plan.read.to(x.device)
-        return rest.gather(1, read[:, :, None].expand(*read.shape, rest.shape[-1]))
+        return rest
 
 
 class PackedPlan(NamedTuple):
@@ -253,3 +256,23 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
         attn_mask=mask.to(q.dtype), scale=1.0 / math.sqrt(q.shape[-1]),
     )
     return out.reshape(*lead, *out.shape[-2:])
+
+
+def prompt_floor_flops(eot: list[int], shared: int, width: int, layers: int, embed_dim: int) -> dict[str, int]:
+    """The FLOPs prompts really need in a text tower of ``layers`` pre-norm blocks of ``width`` (MLP 4x): each
+    prompt run up to its own EOT position ``eot[c]``, its first ``shared`` positions computed once for all,
+    and of the last block only what the EOT features need (keys and values of every position, the rest
+    for the EOT tokens alone), then projected to ``embed_dim``. ``forward``, and ``backward`` to the prompt
+    embeddings (the tower is frozen: no weight gradients; every computed token's input gradient counted).
+    Matrix products only, 2 FLOPs per multiply-add, attention counted densely per query (all keys its
+    prompt has), as torch's FLOP counter counts them. The floor of :class:`PromptTextEncoder`'s packed path,
+    which benchmarks divide by."""
+    tokens = shared + sum(e + 1 - shared for e in eot)
+    n_prompts = len(eot)
+    # qkv 6, out 2, MLP 16 (x width² per token); the last block: qkv for all, out and MLP for the EOTs
+    linear = 24 * width * width * tokens * (layers - 1) + 6 * width * width * tokens + 18 * width * width * n_prompts
+    pairs = shared * shared + sum((e + 1 - shared) * (e + 1) for e in eot)  # query-key pairs per block
+    last_pairs = sum(e + 1 for e in eot)  # the last block: the EOT queries alone
+    attention = 4 * width * (pairs * (layers - 1) + last_pairs)  # scores and weighted values
+    projection = 2 * width * embed_dim * n_prompts
+    return {"forward": linear + attention + projection, "backward": linear + 2 * attention + projection}

@@ -52,7 +52,7 @@ from vlprompt.tta.records import (
     shard_indices,
     shard_name,
 )
-from vlprompt.tta.tuner import encode_views
+from vlprompt.tta.tuner import ViewEncoder
 from vlprompt.tta.views import AUG_CHOICES, ViewMaker, resolve_aug
 
 TEST_TIME_PRECISIONS = ("amp", "fp32")  # what a test-time method runs in (fp16 autocast on CUDA, or fp32)
@@ -198,6 +198,9 @@ class TestTimeTrainer(ClipTrainer):
         if node.PREC == "amp" and not self.amp:
             print(f"{self.cfg_node}: PREC amp needs CUDA; running in fp32")
         self.prec = "amp" if self.amp else "fp32"
+        # BatchNorm folded, memory reused across images (views in heap-sized chunks on the CPU).
+        self.view_encoder = ViewEncoder(self.image_encoder, self.clip.preprocess.size, self.device,
+                                        self.cfg.DATALOADER.TEST.BATCH_SIZE, amp=self.amp)
         self.seed = self._run_seed()
         self.build_method()
 
@@ -297,7 +300,7 @@ class TestTimeTrainer(ClipTrainer):
                 views = device_views(maker, batch, self.device)
             else:
                 views = batch["views"].to(self.device, non_blocking=True)
-            features = encode_views(self.image_encoder, views, chunk=cfg.DATALOADER.TEST.BATCH_SIZE, amp=self.amp)
+            features = self.view_encoder(views)
             logits = self.adapt(state, features).cpu()
             rows = [prediction_row(i, y, l) for i, y, l in zip(batch["index"].tolist(), batch["label"].tolist(), logits)]
             log.append(rows)
