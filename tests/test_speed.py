@@ -16,7 +16,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlprompt.modeling import PromptTextEncoder
-from vlprompt.modeling.backbones.speed import ChannelsLast, fold_batchnorm, inference_image_encoder
+from vlprompt.modeling.backbones.speed import (
+    ChannelsLast,
+    OneDnnConv2d,
+    fold_batchnorm,
+    inference_image_encoder,
+)
 from vlprompt.modeling.text_encoder import packed_plan, prompt_floor_flops
 from vlprompt.prompts import PromptLearner
 from vlprompt.tiny_clip import build_tiny_clip
@@ -140,12 +145,15 @@ def test_folded_resnet_equals_the_unfused_tower_at_fp32_tolerance(channels_last)
     before = {k: v.clone() for k, v in visual.state_dict().items()}
     fast = inference_image_encoder(visual, channels_last=channels_last)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert all(type(m) is OneDnnConv2d for m in fast.modules() if isinstance(m, nn.Conv2d))
     assert isinstance(fast, ChannelsLast) == channels_last
     images = torch.randn(6, 3, RES, RES, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected, got = visual(images), fast(images)
     assert (got - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     assert expected.std() > 0.05  # not a comparison of constants
+    with torch.enable_grad():  # gradients (or autocast, other devices) take nn.Conv2d's own path
+        assert (fast(images) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
     assert all(torch.equal(v, visual.state_dict()[k]) for k, v in before.items())  # the shared tower is untouched
 
 
