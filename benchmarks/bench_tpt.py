@@ -109,11 +109,19 @@ def rss_kib(field: str) -> int:
     return 0
 
 
+def flop_counter():
+    """torch's FLOP counter, also counting convolutions called straight through oneDNN (the folded tower)."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+    def onednn_convolution(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mkldnn_convolution: onednn_convolution})
+
+
 def image_flops(visual: torch.nn.Module, device: torch.device) -> int:
     """FLOPs of one view through the (unfused) image tower."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with flop_counter() as counter, torch.no_grad():
         visual(torch.zeros(1, 3, RESOLUTION, RESOLUTION, device=device))
     return counter.get_total_flops()
 
@@ -128,25 +136,35 @@ def floor_flops(per_view: int, views: int, eot: list[int], shared: int, steps: i
 
 
 # ------------------------------------------------------------------------------------ implementations
-def ours(spec: dict, device: torch.device):
-    """vlprompt's TPT as the harness runs it; returns (run(views (B, N, 3, R, R)) -> predictions, model, eot)."""
+PRECISIONS = {"amp": "float16", "bf16": "bfloat16", "fp32": ""}  # autocast dtype of each --prec
+
+
+def ours(spec: dict, device: torch.device, model: torch.nn.Module | None = None):
+    """vlprompt's TPT as the harness runs it; returns (run(views (B, N, 3, R, R)) -> predictions, model, eot,
+    shared prefix). ``spec["prec"]``: ``amp`` (fp16 autocast and loss scaler, as the reference on a GPU;
+    the default on CUDA), ``bf16`` or ``fp32`` (the default on the CPU). ``model``: another CLIP to use."""
     from vlprompt.modeling import PromptTextEncoder, normalize
     from vlprompt.tta.sources import WordsContext
     from vlprompt.tta.tuner import PromptTuner, TPTSettings, ViewEncoder
 
-    amp = device.type == "cuda"
-    model = build_clip(spec["arch"], device)
-    settings = TPTSettings(n_views=spec["views"], steps=spec["steps"], amp=amp)
+    prec = spec.get("prec") or ("amp" if device.type == "cuda" else "fp32")
+    amp_dtype = PRECISIONS[prec]
+    model = build_clip(spec["arch"], device) if model is None else model
+    settings = TPTSettings(n_views=spec["views"], steps=spec["steps"], amp=bool(amp_dtype),
+                           amp_dtype=amp_dtype or "float16")
     source = WordsContext(CTX_INIT)
     learner = source.learner(class_names(spec["classes"]), model)
-    scaler = torch.amp.GradScaler("cuda", init_scale=1000) if amp else None
+    scaler = torch.amp.GradScaler(device.type, init_scale=1000) if prec == "amp" else None
     tuner = PromptTuner(learner, PromptTextEncoder(model), model.logit_scale.exp(), settings, scaler)
-    encoder = ViewEncoder(model.visual, RESOLUTION, device, max_chunk=256, amp=amp)
+    encoder = ViewEncoder(model.visual, spec.get("resolution", RESOLUTION), device, max_chunk=256, amp=bool(amp_dtype),
+                          amp_dtype=getattr(torch, amp_dtype or "float16"))
 
-    def run(views: torch.Tensor) -> list[int]:
+    def run(views: torch.Tensor, with_logits: bool = False):
+        """Predictions of the original views of ``views`` (and their logits ``(B, n_cls)`` with ``with_logits``)."""
         features = encoder(views.to(device))
         result = tuner.tune(normalize(features), source.initial_context(learner, features[:, 0]), same_start=True)
-        return result.logits.argmax(-1).tolist()
+        predictions = result.logits.argmax(-1).tolist()
+        return (predictions, result.logits) if with_logits else predictions
 
     return run, model, learner.tokenized_prompts.argmax(-1).tolist(), learner.shared_prefix_length
 
@@ -223,8 +241,6 @@ BUILDERS = {"ours": ours, "reference": reference, "straightforward": straightfor
 def worker(spec: dict) -> dict:
     """One measurement in this process: ``spec`` = impl, arch, classes, views, steps, images (timed), device,
     threads, batch_images (ours), reference (its directory)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = torch.device(spec["device"])
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -248,7 +264,7 @@ def worker(spec: dict) -> dict:
         times.append({"seconds": (time.perf_counter() - wall) / batch, "cpu_seconds": (time.process_time() - cpu) / batch,
                       "system_seconds": (after.ru_stime - usage.ru_stime) / batch,
                       "minor_faults": (after.ru_minflt - usage.ru_minflt) / batch})
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         predictions += run(groups[-1])
     best = min(times, key=lambda t: t["seconds"])
     peak_rss = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_kib("VmHWM") * 1024)

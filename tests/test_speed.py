@@ -235,3 +235,19 @@ def test_freed_memory_is_reused_by_the_next_image_instead_of_faulted_in_again():
     assert counts["1"]["in_effect"] and not counts["0"]["in_effect"]
     assert counts["0"]["faults"] > 0.2 * pages
     assert counts["1"]["faults"] < 0.02 * pages
+
+
+def test_gpu_check_runs_on_the_cpu_in_its_ci_sized_form(tmp_path):
+    """benchmarks/gpu_check.sh --device cpu --ci: the correctness pass agrees and every batch size reports a
+    throughput and an ImageNet projection."""
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--ci",
+                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["ci_sized"] and result["correctness"]["same_predictions"]
+    assert result["correctness"]["max_logit_difference"] < 1e-3
+    assert [row["batch_images"] for row in result["throughput"]] == [1, 2, 4]
+    assert all(row["images_per_second"] > 0 and row["imagenet_val_minutes"] > 0 for row in result["throughput"])
+    assert "ImageNet (50,000) in" in done.stdout

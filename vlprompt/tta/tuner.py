@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TPTSettings:
-    """TPT's hyper-parameters (the reference's defaults); ``amp`` runs the forward passes in fp16."""
+    """TPT's hyper-parameters (the reference's defaults); ``amp`` runs the forward passes under autocast in
+    ``amp_dtype`` (``float16`` as the reference on a GPU, with its loss scaler; or ``bfloat16``)."""
 
     n_views: int = 64
     selection_p: float = 0.1
@@ -40,6 +41,7 @@ class TPTSettings:
     lr: float = 5e-3
     weight_decay: float = 0.01  # torch.optim.AdamW's default, which the reference keeps
     amp: bool = False
+    amp_dtype: str = "float16"
 
 
 @dataclass
@@ -70,7 +72,7 @@ class PromptTuner:
 
     def autocast(self, device: torch.device):
         if self.settings.amp:
-            return torch.autocast(device_type=device.type, dtype=torch.float16)
+            return torch.autocast(device_type=device.type, dtype=getattr(torch, self.settings.amp_dtype))
         return contextlib.nullcontext()
 
     def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
@@ -162,12 +164,13 @@ class PromptTuner:
 
 @torch.no_grad()
 def encode_views(image_encoder: nn.Module, views: torch.Tensor, chunk: int = 256,
-                 amp: bool = False) -> torch.Tensor:
-    """Unnormalised image features ``(B, N, E)`` of views ``(B, N, 3, R, R)``, at most ``chunk`` per pass."""
+                 amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Unnormalised image features ``(B, N, E)`` of views ``(B, N, 3, R, R)``, at most ``chunk`` per pass
+    (under autocast in ``amp_dtype`` with ``amp``)."""
     batch, n = views.shape[:2]
     flat = views.flatten(0, 1)
     dtype = next(image_encoder.parameters()).dtype
-    context = torch.autocast(device_type=flat.device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
+    context = torch.autocast(device_type=flat.device.type, dtype=amp_dtype) if amp else contextlib.nullcontext()
     with context:
         parts = [image_encoder(flat[i : i + chunk].to(dtype)) for i in range(0, flat.shape[0], max(1, chunk))]
     return torch.cat(parts).float().view(batch, n, -1)
@@ -235,11 +238,12 @@ class ViewEncoder:
     """
 
     def __init__(self, visual: nn.Module, resolution: int, device: torch.device, max_chunk: int = 256,
-                 amp: bool = False, fold: bool = True) -> None:
+                 amp: bool = False, fold: bool = True, amp_dtype: torch.dtype = torch.float16) -> None:
         from vlprompt.modeling.backbones.speed import inference_image_encoder
 
         self.encoder = inference_image_encoder(visual) if fold else visual
         self.amp = amp
+        self.amp_dtype = amp_dtype
         self.chunk = max(1, max_chunk)
         if torch.device(device).type == "cpu" and reuse_freed_memory():
             per_view = largest_activation(self.encoder, resolution, device)
@@ -247,4 +251,4 @@ class ViewEncoder:
 
     def __call__(self, views: torch.Tensor) -> torch.Tensor:
         """Unnormalised features ``(B, N, E)`` of views ``(B, N, 3, R, R)``."""
-        return encode_views(self.encoder, views, chunk=self.chunk, amp=self.amp)
+        return encode_views(self.encoder, views, chunk=self.chunk, amp=self.amp, amp_dtype=self.amp_dtype)
