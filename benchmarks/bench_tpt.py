@@ -49,12 +49,12 @@ if str(REPO) not in sys.path:
 
 import vlprompt  # noqa: F401, I001 - before torch/clip: installs the torchvision shim
 import torch
-from bench_prompt_learning import SPECS, TEXT  # the two backbones' sizes, one home for the benchmarks
+from common import RESOLUTION, SPECS, TEXT, flop_counter, image_flops, matmul_gflops, text_floor
+from common import sync as _sync
 
 ARCH_NAMES = {"vit_b16": "ViT-B/16", "rn50": "RN50"}
 IMPLS = ("ours", "reference", "straightforward")
 CTX_INIT = "a photo of a"
-RESOLUTION = 224
 
 
 def class_names(n: int) -> list[str]:
@@ -78,29 +78,6 @@ def build_clip(arch: str, device: torch.device):
     return random_clip(import_clip(), arch).to(device).requires_grad_(False)
 
 
-def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 20) -> tuple[float, float]:
-    """The best fp32 matrix-multiply rate of ``repeats`` tries, per wall second and per second of this
-    process's CPU time (the machine's peak as torch reaches it; on a busy machine the CPU-time rate is the
-    steadier one, as time spent waiting for a core is not counted)."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeats + 1):
-        _sync(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        a @ b
-        _sync(device)
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, max(time.process_time() - cpu, 1e-9))
-    flops = 2 * size**3 / 1e9
-    return flops / best_wall, (flops / best_cpu if device.type == "cpu" else flops / best_wall)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def rss_kib(field: str) -> int:
     with open("/proc/self/status") as handle:
         for line in handle:
@@ -109,28 +86,9 @@ def rss_kib(field: str) -> int:
     return 0
 
 
-def flop_counter():
-    """torch's FLOP counter, also counting convolutions called straight through oneDNN (the folded tower)."""
-    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
-
-    def onednn_convolution(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
-
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mkldnn_convolution: onednn_convolution})
-
-
-def image_flops(visual: torch.nn.Module, device: torch.device) -> int:
-    """FLOPs of one view through the (unfused) image tower."""
-    with flop_counter() as counter, torch.no_grad():
-        visual(torch.zeros(1, 3, RESOLUTION, RESOLUTION, device=device))
-    return counter.get_total_flops()
-
-
 def floor_flops(per_view: int, views: int, eot: list[int], shared: int, steps: int, embed_dim: int) -> dict:
     """The floor of one TPT image (see the module docstring), and its image and text parts."""
-    from vlprompt.modeling.text_encoder import prompt_floor_flops
-
-    text = prompt_floor_flops(eot, shared, TEXT["transformer_width"], TEXT["transformer_layers"], embed_dim)
+    text = text_floor(eot, shared, embed_dim)
     text_total = steps * (text["forward"] + text["backward"]) + text["forward"]
     return {"image": per_view * views, "text": text_total, "total": per_view * views + text_total}
 
@@ -246,6 +204,7 @@ def worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     peak, peak_cpu = matmul_gflops(device)
     run, model, eot, shared = BUILDERS[spec["impl"]](spec, device)
+    baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_kib("VmRSS") * 1024
     per_view = image_flops(model.visual, device)
     floor = floor_flops(per_view, spec["views"], eot, shared, spec["steps"], model.text_projection.shape[1])
     batch = spec["batch_images"] if spec["impl"] == "ours" else 1
@@ -271,7 +230,8 @@ def worker(spec: dict) -> dict:
     return {**spec, "seconds_per_image": best["seconds"], "cpu_seconds_per_image": min(t["cpu_seconds"] for t in times),
             "system_seconds_per_image": best["system_seconds"], "minor_faults_per_image": best["minor_faults"],
             "all_seconds": [round(t["seconds"], 3) for t in times], "executed_flops": counter.get_total_flops() / batch,
-            "floor_flops": floor, "matmul_gflops": peak, "matmul_gflops_cpu": peak_cpu, "peak_memory_mib": peak_rss / 2**20, "predictions": predictions,
+            "floor_flops": floor, "matmul_gflops": peak, "matmul_gflops_cpu": peak_cpu, "peak_memory_mib": peak_rss / 2**20,
+            "model_memory_mib": baseline / 2**20, "predictions": predictions,
             "loadavg_end": os.getloadavg()}
 
 
@@ -445,16 +405,17 @@ def main(argv: list[str] | None = None) -> dict:
                     spec = {"impl": impl, "arch": arch, "classes": classes, "views": args.views, "steps": args.steps,
                             "images": args.images, "device": args.device, "threads": args.threads,
                             "batch_images": batch_images, "reference": reference_dir}
-                    known = peaks.get((arch, impl))
-                    if known and known[1] * classes / known[0] > 0.8 * min(available_mib(device), args.memory_limit_gb * 1024):
-                        runs[impl].append({**spec, "skipped": f"needs about {known[1] * classes / known[0] / 1024:.0f} GiB "
-                                           f"(extrapolated from {known[0]} classes), more than this machine allows"})
+                    known = peaks.get((arch, impl))  # (classes, peak, model) MiB: what grows with the class count
+                    expected = known and known[2] + (known[1] - known[2]) * classes / known[0]
+                    if expected and expected > 0.8 * min(available_mib(device), args.memory_limit_gb * 1024):
+                        runs[impl].append({**spec, "skipped": f"needs about {expected / 1024:.0f} GiB (extrapolated "
+                                           f"from {known[0]} classes), more than this machine allows"})
                         print(f"{arch} {classes} {impl}: {runs[impl][-1]['skipped']}", file=sys.stderr, flush=True)
                         continue
                     measured = run_one(spec, args.memory_limit_gb)
                     runs[impl].append(measured)
                     if "seconds_per_image" in measured:
-                        peaks[(arch, impl)] = (classes, measured["peak_memory_mib"])
+                        peaks[(arch, impl)] = (classes, measured["peak_memory_mib"], measured["model_memory_mib"])
                         best_gflops = max(best_gflops, measured["matmul_gflops"])
                         best_gflops_cpu = max(best_gflops_cpu, measured["matmul_gflops_cpu"])
                         print(f"{arch} {classes:5d} {impl:15s} {measured['seconds_per_image']:8.2f} s/image "
