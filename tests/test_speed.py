@@ -251,3 +251,39 @@ def test_gpu_check_runs_on_the_cpu_in_its_ci_sized_form(tmp_path):
     assert [row["batch_images"] for row in result["throughput"]] == [1, 2, 4]
     assert all(row["images_per_second"] > 0 and row["imagenet_val_minutes"] > 0 for row in result["throughput"])
     assert "ImageNet (50,000) in" in done.stdout
+
+
+# ------------------------------------------------------------------------------ chunks, autocast on the CPU
+def test_views_in_chunks_give_the_features_of_one_pass(vit):
+    """Heap-sized chunks (memory reuse across images) change nothing: the same features as all views at once,
+    hence the same predictions."""
+    views = torch.randn(2, 5, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    chunked = ViewEncoder(vit.visual, 224, torch.device("cpu"), max_chunk=3)
+    whole = ViewEncoder(vit.visual, 224, torch.device("cpu"), max_chunk=10)
+    assert chunked.chunk == 3 and whole.chunk == 10
+    got, expected = chunked(views), whole(views)
+    assert got.shape == expected.shape == (2, 5, vit.text_projection.shape[1])
+    assert (got - expected).abs().max().item() <= 1e-6 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
+def test_the_autocast_path_runs_on_the_cpu(vit, amp_dtype):
+    """The GPU's precision path (autocast in ``amp_dtype``; fp16 with the reference's loss scaler) runs on CPU
+    tensors too: fp32 logits, close to the fp32 path's, the prompt actually tuned."""
+    views = torch.randn(3, 8, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    source = WordsContext("a photo of a")
+    results = {}
+    for name, amp in (("fp32", False), ("amp", True)):
+        learner = source.learner(CLASSNAMES, vit)
+        settings = TPTSettings(n_views=8, selection_p=0.25, steps=1, amp=amp, amp_dtype=amp_dtype)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1000) if amp and amp_dtype == "float16" else None
+        tuner = PromptTuner(learner, PromptTextEncoder(vit), vit.logit_scale.exp(), settings, scaler)
+        encoder = ViewEncoder(vit.visual, 224, torch.device("cpu"), amp=amp, amp_dtype=getattr(torch, amp_dtype))
+        features = encoder(views)
+        init = source.initial_context(learner, features[:, 0])
+        results[name] = (tuner.tune(normalize(features), init, same_start=True), init)
+    (fp32, init), (amp, _) = results["fp32"], results["amp"]
+    assert amp.logits.dtype == torch.float32 and torch.isfinite(amp.logits).all()
+    assert not torch.equal(amp.ctx, init.expand_as(amp.ctx))  # a step was taken
+    spread, difference = fp32.logits.abs().max().item(), (amp.logits - fp32.logits).abs().max().item()
+    assert 0 < difference <= 0.05 * spread  # computed in the lower precision, yet close
