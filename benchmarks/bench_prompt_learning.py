@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                     plan.append({"method": method, "backbone": backbone, "batch": batch, "classes": classes,
                                  "modes": modes, "parts": args.parts.split(","), "device": args.device, "prec": prec, "warmup": args.warmup,
                                  "steps": args.steps, "threads": args.threads})
-    results, peak, peak_cpu = [], 0.0, 0.0
+    results, peak, peak_cpu, load_start = [], 0.0, 0.0, os.getloadavg()
     for group in plan:
         started = time.perf_counter()
         outcome = run_isolated(group, args.memory_limit_gb, args.timeout)
@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
         "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(), "prec": prec,
-        "matmul_gflops": peak, "matmul_gflops_cpu": peak_cpu, "loadavg_end": os.getloadavg(),
+        "matmul_gflops": peak, "matmul_gflops_cpu": peak_cpu, "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(), "note": "load averages are of the whole machine (other jobs included)",
         "warmup": args.warmup, "steps": args.steps, "results": results, "ratios": ratios(results),
         "largest_common": largest_common(results),
     }
