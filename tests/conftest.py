@@ -24,6 +24,18 @@ def _cache_outside_home(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Torch at one thread for a module (``pytestmark = pytest.mark.usefixtures("single_thread")``): tiny models
+    gain nothing from threads, and speed tests measure what one thread does."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_files(tmp_path_factory) -> dict[str, Path]:
     """fp16 state-dict files of the two tiny CLIPs (a ViT and a ModifiedResNet), as OpenAI ships weights."""

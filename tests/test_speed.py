@@ -41,12 +41,7 @@ RES = 64
 CLASSNAMES = ["x", "great pyrenees dog", "abyssinian", "american_bulldog", "newfoundland", "cat", "sea lion"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
