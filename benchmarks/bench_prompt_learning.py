@@ -6,7 +6,12 @@ computation of the reference code, side by side in one run.
     python benchmarks/bench_prompt_learning.py --backbones vit_b16 --classes 100 --json out.json
 
 A step is what the trainers do per batch: image features from the frozen encoder, text features of the
-prompts of every class, cross-entropy, backward to the prompt parameters, an SGD step. CLIPs of the real
+prompts of every class, cross-entropy, backward to the prompt parameters, an SGD step. An ``eval`` part is a
+test batch: logits of the images against every class's prompts, no gradient (CoCoOp: one prompt set per
+image). Every result carries the **floor** (the FLOPs really needed: the frozen encoder's forward, and the
+text tower over each prompt up to its own end-of-text token with the shared prefix once, forward and, for
+a step, backward to the prompts), the FLOPs the mode **executes** (torch's counter, on the warm-up run), the
+machine's measured matmul **peak** (wall and CPU time) and its seconds as a multiple of floor / peak. CLIPs of the real
 sizes (ViT-B/16, RN50) with random weights, class names the first N of ImageNet's (CLIP's spelling).
 Text-encoding modes:
 
@@ -15,6 +20,11 @@ Text-encoding modes:
 * ``truncated``: positions only up to the last end-of-text token;
 * ``fast``: truncated, and the ``[SOS][context]`` positions shared by all classes computed once (the
   default of vlprompt's trainers; CoCoOp also encodes several images per pass).
+
+A mode that does not fit (the reference at 1000 classes) is also given as an estimate from the largest class
+count where it ran: its text part is linear in the class count (every prompt runs all 77 positions), so its
+FLOPs at C classes are the measured ones plus the text part's times (C/C' - 1), and its seconds scale with
+them (marked ``estimated``).
 
 Each (method, backbone, batch, classes) runs in its own process on one set of weights, the modes taking
 turns step by step so that a busy machine slows them alike. Peak memory is a mode's first step over what
@@ -40,18 +50,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch
+from common import SPECS, TEXT, flop_counter, image_flops, matmul_gflops, text_floor
 
-import vlprompt  # noqa: F401 - before torch/clip: installs the torchvision shim
-
-# clip.model.CLIP arguments of the two backbones (text tower shared: width 512, 8 heads, 12 layers).
-SPECS = {
-    "vit_b16": {"embed_dim": 512, "image_resolution": 224, "vision_layers": 12, "vision_width": 768,
-                "vision_patch_size": 16},
-    "rn50": {"embed_dim": 1024, "image_resolution": 224, "vision_layers": (3, 4, 6, 3), "vision_width": 64,
-             "vision_patch_size": None},
-}
-TEXT = {"context_length": 77, "vocab_size": 49408, "transformer_width": 512, "transformer_heads": 8,
-        "transformer_layers": 12}
 MODES = ("reference", "truncated", "fast")
 # The reference configs: CoOp 16 generic context tokens; CoCoOp "a photo of a" (4 tokens).
 COOP_CFG = {"N_CTX": 16, "CTX_INIT": "", "CSC": False, "CLASS_TOKEN_POSITION": "end", "PREC": "fp32"}
@@ -108,6 +108,8 @@ def run_group(group: dict) -> dict:
     runs out of memory is reported so and the others go on.
     """
     device = torch.device(group["device"])
+    if group.get("threads"):
+        torch.set_num_threads(group["threads"])
     model = build_model(group["method"], group["backbone"], group["classes"], device, group["prec"])
     learner = model.prompt_learner
     learner.train()
@@ -120,7 +122,27 @@ def run_group(group: dict) -> dict:
         features = model.image_encoder(images.type(model.dtype))
         features = features / features.norm(dim=-1, keepdim=True)
 
+    per_image = image_flops(model.image_encoder, device)
+    text = text_floor(learner.tokenized_prompts.argmax(-1).tolist(), learner.shared_prefix_length,
+                      model.image_encoder.output_dim)
+    prompt_sets = batch if group["method"] == "cocoop" else 1
+    logits_flops = 2 * batch * group["classes"] * model.image_encoder.output_dim
+
+    def floor(part: str) -> int:
+        """The part's floor: image forwards (not for ``text``), text forward (+ backward but for ``eval``)."""
+        images_part = 0 if part == "text" else batch * per_image
+        if part == "eval":
+            return images_part + prompt_sets * text["forward"] + logits_flops
+        return images_part + prompt_sets * (text["forward"] + text["backward"]) + 2 * logits_flops
+
     def loss_of(part: str) -> torch.Tensor:
+        if part == "eval":
+            learner.eval()
+            try:
+                with torch.no_grad():
+                    return model(images).sum()  # logits of the batch (a number only so the caller can discard it)
+            finally:
+                learner.train()
         if part == "text":
             if group["method"] == "coop":
                 logits = model.logit_scale.exp() * features @ model.text_features().t()
@@ -137,12 +159,15 @@ def run_group(group: dict) -> dict:
             torch.cuda.synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
         optim.zero_grad()
-        loss_of(part).backward()
-        optim.step()
+        loss = loss_of(part)
+        if part != "eval":
+            loss.backward()
+            optim.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - wall, time.process_time() - cpu
 
+    gflops, gflops_cpu = matmul_gflops(device)
     results = {(mode, part): {"status": "ok", "seconds": [], "cpu_seconds": []}
                for mode in group["modes"] for part in group["parts"]}
     for round_index in range(group["warmup"] + group["steps"]):
@@ -157,7 +182,13 @@ def run_group(group: dict) -> dict:
                 Path("/proc/self/clear_refs").write_text("5")  # VmHWM (peak resident set) := current size
                 base = _proc_kb("VmRSS") * 1024
             try:
-                wall, cpu = timed(mode, part)
+                if first:  # the warm-up also counts the FLOPs this mode executes
+                    with flop_counter() as counter:
+                        wall, cpu = timed(mode, part)
+                    result["executed_flops"] = counter.get_total_flops()
+                    result["floor_flops"] = floor(part)
+                else:
+                    wall, cpu = timed(mode, part)
             except (RuntimeError, MemoryError) as err:
                 if not _out_of_memory(err):
                     raise
@@ -172,11 +203,14 @@ def run_group(group: dict) -> dict:
             if round_index >= group["warmup"] or group["warmup"] == 0:
                 result["seconds"].append(round(wall, 4))
                 result["cpu_seconds"].append(round(cpu, 4))
-    for result in results.values():
+    for (_, part), result in results.items():
+        result["floor_flops"] = floor(part)
+        result["image_flops"] = 0 if part == "text" else batch * per_image
         if result["status"] == "ok":
             result["seconds_per_step"] = statistics.median(result["seconds"])
             result["cpu_seconds_per_step"] = statistics.median(result["cpu_seconds"])
-    return {"text_positions": int(learner.tokenized_prompts.argmax(-1).max()) + 1,
+    return {"text_positions": int(learner.tokenized_prompts.argmax(-1).max()) + 1, "matmul_gflops": gflops,
+            "matmul_gflops_cpu": gflops_cpu,
             "results": [{"mode": mode, "part": part, **result} for (mode, part), result in results.items()]}
 
 
@@ -202,12 +236,49 @@ def run_isolated(group: dict, memory_limit_gb: float, timeout: float) -> dict:
 
 
 def _failed(group: dict, status: str, detail: str) -> dict:
-    return {"text_positions": None, "results": [{"mode": mode, "part": part, "status": status, "detail": detail}
+    return {"text_positions": None, "matmul_gflops": 0.0, "matmul_gflops_cpu": 0.0,
+            "results": [{"mode": mode, "part": part, "status": status, "detail": detail}
                                                 for mode in group["modes"] for part in group["parts"]]}
 
 
+def against_limit(results: list[dict], peak: float, peak_cpu: float) -> None:
+    """Add to every result that ran: executed FLOPs over the floor, and seconds (CPU seconds) as a multiple of
+    floor / peak (floor / CPU-time peak)."""
+    for r in results:
+        if r["status"] != "ok" or not r.get("floor_flops"):
+            continue
+        r["x_limit"] = round(r["seconds_per_step"] * peak * 1e9 / r["floor_flops"], 3)
+        r["cpu_x_limit"] = round(r["cpu_seconds_per_step"] * peak_cpu * 1e9 / r["floor_flops"], 3)
+        if r.get("executed_flops"):
+            r["executed_x_floor"] = round(r["executed_flops"] / r["floor_flops"], 3)
+
+
+def estimate_missing(results: list[dict]) -> None:
+    """Give a mode that did not fit at C classes an estimate from the largest C' < C where it ran: its image part
+    is fixed and, for the reference (all 77 positions for every class), the rest grows as C/C'; its seconds
+    scale with its FLOPs. Marked ``estimated_from_classes``."""
+    done = {}
+    for r in results:
+        if r["status"] == "ok" and r.get("executed_flops"):
+            done.setdefault((r["method"], r["backbone"], r["batch"], r["part"], r["mode"]), []).append(r)
+    for r in results:
+        if r["status"] == "ok" or r["mode"] != "reference":
+            continue
+        smaller = [d for d in done.get((r["method"], r["backbone"], r["batch"], r["part"], r["mode"]), [])
+                   if d["classes"] < r["classes"]]
+        if not smaller:
+            continue
+        d = max(smaller, key=lambda x: x["classes"])
+        fixed = d["image_flops"]
+        flops = fixed + (d["executed_flops"] - fixed) * r["classes"] / d["classes"]
+        scale = flops / d["executed_flops"]
+        r.update(estimated_from_classes=d["classes"], executed_flops=flops,
+                 seconds_per_step=d["seconds_per_step"] * scale, cpu_seconds_per_step=d["cpu_seconds_per_step"] * scale)
+
+
 def ratios(results: list[dict]) -> list[dict]:
-    """Reference ÷ other mode per (method, backbone, batch, classes, part) where both ran."""
+    """Reference ÷ other mode per (method, backbone, batch, classes, part) where both ran (or the reference's
+    estimate, when it did not fit: then marked so)."""
     def key(r: dict) -> tuple:
         return r["method"], r["backbone"], r["batch"], r["classes"], r["part"]
 
@@ -219,10 +290,16 @@ def ratios(results: list[dict]) -> list[dict]:
             continue
         row = {"method": r["method"], "backbone": r["backbone"], "batch": r["batch"], "classes": r["classes"],
                "part": r["part"], "mode": r["mode"]}
-        if r["status"] == "ok" and ref["status"] == "ok":
+        if r["status"] == "ok" and (ref["status"] == "ok" or "estimated_from_classes" in ref):
             row["speedup"] = round(ref["seconds_per_step"] / r["seconds_per_step"], 2)
             row["cpu_speedup"] = round(ref["cpu_seconds_per_step"] / r["cpu_seconds_per_step"], 2)
-            row["memory_ratio"] = round(ref["peak_memory_mb"] / max(r["peak_memory_mb"], 1e-3), 2)
+            if ref.get("executed_flops") and r.get("executed_flops"):
+                row["flop_ratio"] = round(ref["executed_flops"] / r["executed_flops"], 2)
+            if ref["status"] == "ok":
+                row["memory_ratio"] = round(ref["peak_memory_mb"] / max(r["peak_memory_mb"], 1e-3), 2)
+            else:
+                row["note"] = (f"reference {ref['status']}: estimated from its run at {ref['estimated_from_classes']} "
+                               "classes (FLOPs measured there, text part scaled with the class count)")
         else:
             row["note"] = f"reference {ref['status']}, {r['mode']} {r['status']}"
         out.append(row)
@@ -243,6 +320,34 @@ def largest_common(results: list[dict]) -> list[dict]:
     return out
 
 
+def print_table(report: dict) -> None:
+    """The results as a Markdown table (to stderr, what the README shows)."""
+    out = sys.stderr
+    print(f"\nPrompt learning, {report['device']}, {report['threads']} thread(s), matmul peak "
+          f"{report['matmul_gflops']:.0f} GFLOP/s wall, {report['matmul_gflops_cpu']:.0f} per CPU-s", file=out)
+    print("| method | backbone | batch | classes | part | mode | floor GFLOP | executed GFLOP (x floor) | s (CPU s) | "
+          "x limit (CPU) | peak MB | reference / this (CPU) |", file=out)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", file=out)
+    speedups = {(r["method"], r["backbone"], r["batch"], r["classes"], r["part"], r["mode"]): r
+                for r in report["ratios"]}
+    for r in report["results"]:
+        name = (r["method"], r["backbone"], r["batch"], r["classes"], r["part"], r["mode"])
+        floor = f"{r['floor_flops'] / 1e9:.0f}" if r.get("floor_flops") else "–"
+        if r["status"] != "ok" and "estimated_from_classes" not in r:
+            print(f"| {' | '.join(map(str, name))} | {floor} | {r['status']} ||||||", file=out)
+            continue
+        executed = (f"{r['executed_flops'] / 1e9:.0f} ({r['executed_flops'] / r['floor_flops']:.2f}x)"
+                    if r.get("executed_flops") else "–")
+        estimated = f" (estimated from {r['estimated_from_classes']} classes; {r['status']} here)" \
+            if "estimated_from_classes" in r else ""
+        limits = f"{r['x_limit']:.2f}x ({r['cpu_x_limit']:.2f}x)" if "x_limit" in r else "–"
+        ratio = speedups.get(name, {})
+        speedup = f"{ratio['speedup']:.2f}x ({ratio['cpu_speedup']:.2f}x)" if "speedup" in ratio else ""
+        print(f"| {' | '.join(map(str, name))} | {floor} | {executed} | {r['seconds_per_step']:.1f} "
+              f"({r['cpu_seconds_per_step']:.1f}){estimated} | {limits} | {r.get('peak_memory_mb', '–')} | {speedup} |",
+              file=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coop-batch", type=int, default=32)
     parser.add_argument("--cocoop-batches", default="1,4")
     parser.add_argument("--modes", default="reference,fast", help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--parts", default="step,text", help="step (whole training step) and/or text (all but "
-                        "the frozen image encoder)")
+    parser.add_argument("--parts", default="step,text", help="step (whole training step), text (all but "
+                        "the frozen image encoder) and/or eval (a test batch's logits, no gradient)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--memory-limit-gb", type=float, default=8.0,
@@ -287,26 +393,32 @@ def main(argv: list[str] | None = None) -> int:
                 for classes in (int(c) for c in args.classes.split(",")):
                     plan.append({"method": method, "backbone": backbone, "batch": batch, "classes": classes,
                                  "modes": modes, "parts": args.parts.split(","), "device": args.device, "prec": prec, "warmup": args.warmup,
-                                 "steps": args.steps})
-    results = []
+                                 "steps": args.steps, "threads": args.threads})
+    results, peak, peak_cpu, load_start = [], 0.0, 0.0, os.getloadavg()
     for group in plan:
         started = time.perf_counter()
         outcome = run_isolated(group, args.memory_limit_gb, args.timeout)
-        common = {key: value for key, value in group.items() if key not in ("modes", "parts")}
+        peak, peak_cpu = max(peak, outcome["matmul_gflops"]), max(peak_cpu, outcome["matmul_gflops_cpu"])
+        shared = {key: value for key, value in group.items() if key not in ("modes", "parts")}
         for got in outcome["results"]:
-            results.append({**common, "text_positions": outcome["text_positions"], **got})
+            results.append({**shared, "text_positions": outcome["text_positions"], **got})
             shown = (f"{got['seconds_per_step']:.2f} s ({got['cpu_seconds_per_step']:.2f} s CPU), "
                      f"peak {got['peak_memory_mb']:.0f} MB" if got["status"] == "ok"
                      else f"{got['status']}: {got.get('detail', '')}")
             print(f"{group['method']:6} {group['backbone']:7} batch {group['batch']:3} classes {group['classes']:5} "
                   f"{got['part']:4} {got['mode']:9} {shown}", file=sys.stderr)
         print(f"  ({time.perf_counter() - started:.0f} s wall)", file=sys.stderr)
+    against_limit(results, peak, peak_cpu)
+    estimate_missing(results)
     report = {
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "prec": prec,
+        "torch": torch.__version__, "threads": args.threads or torch.get_num_threads(), "prec": prec,
+        "matmul_gflops": peak, "matmul_gflops_cpu": peak_cpu, "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(), "note": "load averages are of the whole machine (other jobs included)",
         "warmup": args.warmup, "steps": args.steps, "results": results, "ratios": ratios(results),
         "largest_common": largest_common(results),
     }
+    print_table(report)
     text = json.dumps(report, indent=2)
     if args.json:
         from vlprompt.engine.checkpoint import atomic_write_text

@@ -140,9 +140,10 @@ def test_shared_prefix_encoding_equals_full_length_with_gradients(n_ctx, max_pro
     assert fast_grad.abs().sum() > 0
     eot = learner.tokenized_prompts.argmax(-1).tolist()
     step = max_prompts or len(eot)
-    # per pass: one prefix, then each class's positions after it up to the pass's last end-of-text token
-    assert fast_tokens == sum(1 + n_ctx + len(part) * (max(part) - n_ctx)
+    # per pass: one prefix, then each class's positions after it up to its own end-of-text token (no padding)
+    assert fast_tokens == sum(1 + n_ctx + sum(e - n_ctx for e in part)
                               for part in (eot[i : i + step] for i in range(0, len(eot), step)))
+    assert len(set(eot)) > 1  # the class names have different lengths, so padding would have cost tokens
     assert full_tokens == len(CLASSNAMES) * 77
 
 

@@ -7,7 +7,10 @@ pieces, attention layout, end-of-text rule, final norm and projection). CLIP's t
   run only up to the longest prompt's EOT (typical CoOp prompts end near position 20 of 77);
 * when every class's prompt starts with the same tokens (``[SOS][ctx]`` with a shared context and the
   class name at the end), those positions have the same hidden states in every class; they are
-  computed once per context and the class-specific positions attend to them (as a KV cache would);
+  computed once per context and the class-specific positions attend to them (as a KV cache would,
+  without copying its keys and values per class). Each class then runs only up to its own EOT: the
+  classes' own positions are packed end to end (sorted by length), so no class pays for the longest
+  class name, and attention runs per bucket of same-length classes;
 * many prompts (CoCoOp: images × classes) can be encoded in chunks of at most ``max_prompts``, which
   bounds the peak memory of a pass without changing any feature.
 """
@@ -15,6 +18,7 @@ pieces, attention layout, end-of-text rule, final norm and projection). CLIP's t
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -102,14 +106,15 @@ class PromptTextEncoder(nn.Module):
 
     def _encode(self, x: torch.Tensor, eot: torch.Tensor, shared_prefix: int) -> torch.Tensor:
         """Features ``(G, C, E)`` of prompts ``x`` ``(G, C, L, D)`` with EOT positions ``eot`` ``(G, C)``."""
-        length = int(eot.max()) + 1 if self.truncate else x.shape[-2]
         if shared_prefix:
-            hidden = self._run_shared(x[:, :, :length], shared_prefix)
-            eot = eot - shared_prefix
-        else:
-            hidden = self._run(x[:, :, :length].flatten(0, 1)).unflatten(0, x.shape[:2])
+            return self._project(self._run_packed(x, eot, shared_prefix))
+        length = int(eot.max()) + 1 if self.truncate else x.shape[-2]
+        hidden = self._run(x[:, :, :length].flatten(0, 1)).unflatten(0, x.shape[:2])
         # Only the EOT position is read; ln_final works per position, so it runs on that one alone.
-        picked = hidden.gather(2, eot[:, :, None, None].expand(*eot.shape, 1, hidden.shape[-1])).squeeze(2)
+        return self._project(hidden.gather(2, eot[:, :, None, None].expand(*eot.shape, 1, hidden.shape[-1])).squeeze(2))
+
+    def _project(self, picked: torch.Tensor) -> torch.Tensor:
+        """ln_final and the projection, on the hidden states read at the EOT tokens ``(..., D)``."""
         picked = self.ln_final(picked).to(self.dtype)
         projection = self.text_projection
         return projection(picked) if isinstance(projection, nn.Module) else picked @ projection
@@ -129,35 +134,79 @@ class PromptTextEncoder(nn.Module):
             x = x + _scaled(block.ls_2, block.mlp(block.ln_2(x)))
         return x if self.batch_first else x.permute(1, 0, 2)
 
-    def _run_shared(self, x: torch.Tensor, shared: int) -> torch.Tensor:
-        """Hidden states ``(G, C, T - shared, D)`` of the class-specific positions of ``x`` ``(G, C, T, D)``,
-        whose first ``shared`` positions are the same for all C classes of a group."""
-        length = x.shape[-2]
-        position = self.positional_embedding[:length].to(x.dtype)
-        prefix = x[:, 0, :shared] + position[:shared]  # (G, P, D): computed once per group
-        rest = x[:, :, shared:] + position[shared:]  # (G, C, S, D)
-        suffix_len = length - shared
-        # The class-specific positions see the whole prefix and, causally, each other.
+    def _run_packed(self, x: torch.Tensor, eot: torch.Tensor, shared: int) -> torch.Tensor:
+        """Hidden states ``(G, C, D)`` at the EOT tokens of prompts ``x`` ``(G, C, L, D)`` whose first ``shared``
+        positions are the same for all C classes of a group.
+
+        The shared positions are computed once per group. The classes' own positions (up to each class's
+        own EOT; all of them with ``truncate=False``) are packed end to end, classes sorted by length, so
+        the linear layers and MLPs run on exactly the tokens that exist (none pays for the longest class
+        name). Attention runs per bucket of same-length classes: each query against the prefix's keys and
+        values (one copy for all classes, never expanded per class) and, causally, its own class's.
+        """
+        plan = packed_plan(eot, x.shape[-2], shared, self.truncate)
+        tokens = x.flatten(1, 2).index_select(1, plan.index.to(x.device))  # (G, shared + T, D)
+        tokens = tokens + self.positional_embedding.index_select(0, plan.positions.to(x.device)).to(x.dtype)
+        prefix, rest = tokens[:, :shared], tokens[:, shared:]
         prefix_mask = causal_mask(shared, x.device, x.dtype)
-        rest_mask = torch.cat(
-            [torch.zeros(suffix_len, shared, device=x.device, dtype=x.dtype),
-             causal_mask(suffix_len, x.device, x.dtype)], dim=1,
-        )
-        for block in self.blocks:
+        own_masks = {size: causal_mask(size, x.device, x.dtype) for size, _ in plan.buckets}
+        read = plan.read.to(x.device)
+        read = read[:, :, None].expand(*read.shape, x.shape[-1])  # (G, C, D): each prompt's EOT in the packing
+        last = len(self.blocks) - 1
+        for depth, block in enumerate(self.blocks):
             attn = block.attn
             heads = attn.num_heads
             q_p, k_p, v_p = _heads(F.linear(block.ln_1(prefix), attn.in_proj_weight, attn.in_proj_bias), heads)
-            q_r, k_r, v_r = _heads(F.linear(block.ln_1(rest), attn.in_proj_weight, attn.in_proj_bias), heads)
-            # (G, H, P, d) against itself; (G, C, H, S, d) against [prefix of its group, itself].
-            out_p = _attend(q_p, k_p, v_p, prefix_mask)
-            keys = torch.cat([k_p.unsqueeze(1).expand(-1, rest.shape[1], -1, -1, -1), k_r], dim=-2)
-            values = torch.cat([v_p.unsqueeze(1).expand(-1, rest.shape[1], -1, -1, -1), v_r], dim=-2)
-            out_r = _attend(q_r, keys, values, rest_mask)
-            prefix = prefix + _scaled(block.ls_1, F.linear(_merge(out_p), attn.out_proj.weight, attn.out_proj.bias))
-            rest = rest + _scaled(block.ls_1, F.linear(_merge(out_r), attn.out_proj.weight, attn.out_proj.bias))
-            prefix = prefix + _scaled(block.ls_2, block.mlp(block.ln_2(prefix)))
+            qkv = F.linear(block.ln_1(rest), attn.in_proj_weight, attn.in_proj_bias)
+            pieces, start = [], 0
+            for size, count in plan.buckets:
+                bucket = qkv[:, start : start + size * count].unflatten(1, (count, size))
+                pieces.append(_attend_after_prefix(bucket, heads, k_p, v_p, own_masks[size]))
+                start += size * count
+            own = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            if depth == last:  # only the EOT tokens' outputs are read: the last block's rest runs on those
+                own, rest = own.gather(1, read), rest.gather(1, read)
+            rest = rest + _scaled(block.ls_1, F.linear(own, attn.out_proj.weight, attn.out_proj.bias))
             rest = rest + _scaled(block.ls_2, block.mlp(block.ln_2(rest)))
+            if depth < last:  # in the last block only the prefix's keys and values are needed
+                out_p = _attend(q_p, k_p, v_p, prefix_mask)
+                prefix = prefix + _scaled(block.ls_1, F.linear(_merge(out_p), attn.out_proj.weight, attn.out_proj.bias))
+                prefix = prefix + _scaled(block.ls_2, block.mlp(block.ln_2(prefix)))
         return rest
+
+
+class PackedPlan(NamedTuple):
+    """Where the tokens of a packed text batch come from. ``index``: flat positions in a group's ``(C·L)``
+    token grid (class 0's shared prefix, then every class's own positions, classes sorted by length);
+    ``positions``: their positional-embedding rows; ``buckets``: ``(own length, classes)`` in packed order;
+    ``read``: ``(G, C)`` the packed index (after the prefix) of each prompt's EOT token."""
+
+    index: torch.Tensor
+    positions: torch.Tensor
+    buckets: list[tuple[int, int]]
+    read: torch.Tensor
+
+
+def packed_plan(eot: torch.Tensor, length: int, shared: int, truncate: bool = True) -> PackedPlan:
+    """The :class:`PackedPlan` of prompts of ``length`` positions with EOT positions ``eot`` ``(G, C)``: each
+    class runs up to the latest EOT of its column (the same in every group for ordinary prompts), or over
+    all ``length`` positions without ``truncate``."""
+    eot = eot.cpu()
+    ends = eot.amax(0) + 1 if truncate else torch.full_like(eot[0], length)  # (C,) positions run per class
+    order = torch.argsort(ends, stable=True)
+    sizes = ends[order] - shared  # own positions per class, in packed order
+    starts = sizes.cumsum(0) - sizes
+    offset = torch.empty_like(starts)
+    offset[order] = starts
+    own = shared + torch.arange(int(sizes.sum())) - starts.repeat_interleave(sizes)
+    values, counts = torch.unique_consecutive(sizes, return_counts=True)
+    prefix = torch.arange(shared)
+    return PackedPlan(
+        index=torch.cat([prefix, order.repeat_interleave(sizes) * length + own]),
+        positions=torch.cat([prefix, own]),
+        buckets=list(zip(values.tolist(), counts.tolist())),
+        read=offset[None, :] + eot - shared,
+    )
 
 
 def _scaled(layer_scale: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +227,27 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-3, -2).flatten(-2)
 
 
+def _attend_after_prefix(qkv: torch.Tensor, heads: int, k_p: torch.Tensor, v_p: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """Attention of ``n`` same-length prompts' own positions: packed projections ``qkv`` ``(G, n, S, 3D)``
+    attend to their group's prefix keys/values ``k_p``, ``v_p`` ``(G, H, P, d)`` and, under the additive
+    causal ``mask`` ``(S, S)``, to their own prompt's positions. One softmax over [prefix, own] per query,
+    as attention over the concatenated sequence, without copying the prefix per prompt. Returns
+    ``(G, n·S, D)``."""
+    groups, n, size, width3 = qkv.shape
+    head_dim = width3 // (3 * heads)
+    q, k, v = qkv.reshape(groups, n, size, 3, heads, head_dim).permute(3, 0, 4, 1, 2, 5).unbind(0)  # (G, H, n, S, d)
+    prefix_len = k_p.shape[-2]
+    scale = 1.0 / math.sqrt(head_dim)
+    q = q * scale
+    to_prefix = torch.matmul(q.reshape(groups, heads, n * size, head_dim), k_p.transpose(-1, -2))
+    to_own = torch.matmul(q, k.transpose(-1, -2)) + mask
+    weights = torch.cat([to_prefix.view(groups, heads, n, size, prefix_len), to_own], dim=-1).softmax(dim=-1)
+    out = torch.matmul(weights[..., :prefix_len].reshape(groups, heads, n * size, prefix_len), v_p)
+    out = out.view(groups, heads, n, size, head_dim) + torch.matmul(weights[..., prefix_len:], v)
+    return out.permute(0, 2, 3, 1, 4).reshape(groups, n * size, heads * head_dim)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax attention with an additive mask, scaled by 1/sqrt(d) as nn.MultiheadAttention does."""
     lead = q.shape[:-2]
@@ -186,3 +256,23 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
         attn_mask=mask.to(q.dtype), scale=1.0 / math.sqrt(q.shape[-1]),
     )
     return out.reshape(*lead, *out.shape[-2:])
+
+
+def prompt_floor_flops(eot: list[int], shared: int, width: int, layers: int, embed_dim: int) -> dict[str, int]:
+    """The FLOPs prompts really need in a text tower of ``layers`` pre-norm blocks of ``width`` (MLP 4x): each
+    prompt run up to its own EOT position ``eot[c]``, its first ``shared`` positions computed once for all,
+    and of the last block only what the EOT features need (keys and values of every position, the rest
+    for the EOT tokens alone), then projected to ``embed_dim``. ``forward``, and ``backward`` to the prompt
+    embeddings (the tower is frozen: no weight gradients; every computed token's input gradient counted).
+    Matrix products only, 2 FLOPs per multiply-add, attention counted densely per query (all keys its
+    prompt has), as torch's FLOP counter counts them. The floor of :class:`PromptTextEncoder`'s packed path,
+    which benchmarks divide by."""
+    tokens = shared + sum(e + 1 - shared for e in eot)
+    n_prompts = len(eot)
+    # qkv 6, out 2, MLP 16 (x width² per token); the last block: qkv for all, out and MLP for the EOTs
+    linear = 24 * width * width * tokens * (layers - 1) + 6 * width * width * tokens + 18 * width * width * n_prompts
+    pairs = shared * shared + sum((e + 1 - shared) * (e + 1) for e in eot)  # query-key pairs per block
+    last_pairs = sum(e + 1 for e in eot)  # the last block: the EOT queries alone
+    attention = 4 * width * (pairs * (layers - 1) + last_pairs)  # scores and weighted values
+    projection = 2 * width * embed_dim * n_prompts
+    return {"forward": linear + attention + projection, "backward": linear + 2 * attention + projection}

@@ -68,7 +68,7 @@ from vlprompt.tta.records import (
     shard_name,
     write_predictions_csv,
 )
-from vlprompt.tta.tuner import encode_views
+from vlprompt.tta.tuner import ViewEncoder
 from vlprompt.tta.views import AUG_CHOICES, ViewMaker, resolve_aug
 
 logger = logging.getLogger(__name__)  # `log` names the prediction log here
@@ -284,6 +284,9 @@ class TestTimeTrainer(ClipTrainer):
         if node.PREC == "amp" and not self.amp:
             logger.info(f"{self.cfg_node}: PREC amp needs CUDA; running in fp32")
         self.prec = "amp" if self.amp else "fp32"
+        # BatchNorm folded, memory reused across images (views in heap-sized chunks on the CPU).
+        self.view_encoder = ViewEncoder(self.image_encoder, self.clip.preprocess.size, self.device,
+                                        self.cfg.DATALOADER.TEST.BATCH_SIZE, amp=self.amp)
         self.seed = self._run_seed()
         self.build_method()
 
@@ -406,7 +409,7 @@ class TestTimeTrainer(ClipTrainer):
                 views = device_views(maker, batch, self.device)
             else:
                 views = batch["views"].to(self.device, non_blocking=True)
-            features = encode_views(self.image_encoder, views, chunk=cfg.DATALOADER.TEST.BATCH_SIZE, amp=self.amp)
+            features = self.view_encoder(views)
             rows = self._rows(items, batch, self.adapt(state, features))
             log.append(rows)
             set_name, logged, total = self._progress

@@ -14,6 +14,10 @@ only back-propagates its own gradient through it, which saves one of the four te
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import logging
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,10 +28,13 @@ from vlprompt.modeling.heads import normalize, scaled_logits
 from vlprompt.modeling.prompts import PromptLearner
 from vlprompt.tta.objective import marginal_entropy, select_confident
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TPTSettings:
-    """TPT's hyper-parameters (the reference's defaults); ``amp`` runs the forward passes in fp16."""
+    """TPT's hyper-parameters (the reference's defaults); ``amp`` runs the forward passes under autocast in
+    ``amp_dtype`` (``float16`` as the reference on a GPU, with its loss scaler; or ``bfloat16``)."""
 
     n_views: int = 64
     selection_p: float = 0.1
@@ -35,6 +42,7 @@ class TPTSettings:
     lr: float = 5e-3
     weight_decay: float = 0.01  # torch.optim.AdamW's default, which the reference keeps
     amp: bool = False
+    amp_dtype: str = "float16"
 
 
 @dataclass
@@ -69,7 +77,7 @@ class PromptTuner:
 
     def autocast(self, device: torch.device):
         if self.settings.amp:
-            return torch.autocast(device_type=device.type, dtype=torch.float16)
+            return torch.autocast(device_type=device.type, dtype=getattr(torch, self.settings.amp_dtype))
         return contextlib.nullcontext()
 
     def text_features(self, ctx: torch.Tensor) -> torch.Tensor:
@@ -161,12 +169,91 @@ class PromptTuner:
 
 @torch.no_grad()
 def encode_views(image_encoder: nn.Module, views: torch.Tensor, chunk: int = 256,
-                 amp: bool = False) -> torch.Tensor:
-    """Unnormalised image features ``(B, N, E)`` of views ``(B, N, 3, R, R)``, at most ``chunk`` per pass."""
+                 amp: bool = False, amp_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Unnormalised image features ``(B, N, E)`` of views ``(B, N, 3, R, R)``, at most ``chunk`` per pass
+    (under autocast in ``amp_dtype`` with ``amp``)."""
     batch, n = views.shape[:2]
     flat = views.flatten(0, 1)
     dtype = next(image_encoder.parameters()).dtype
-    context = torch.autocast(device_type=flat.device.type, dtype=torch.float16) if amp else contextlib.nullcontext()
+    context = torch.autocast(device_type=flat.device.type, dtype=amp_dtype) if amp else contextlib.nullcontext()
     with context:
         parts = [image_encoder(flat[i : i + chunk].to(dtype)) for i in range(0, flat.shape[0], max(1, chunk))]
     return torch.cat(parts).float().view(batch, n, -1)
+
+
+# glibc gives a freed block back to the OS (and the next image faults it in again, page by page) when it
+# was mmapped, i.e. larger than the mmap threshold, or when the heap's free top exceeds the trim threshold.
+# 32 MiB is the largest mmap threshold glibc accepts; blocks up to it are served from the heap and reused.
+HEAP_BLOCK_LIMIT = 32 * 2**20
+HEAP_KEEP = 256 * 2**20  # free heap kept for the next image (the working set of one chunk of views)
+HEAP_REUSE_ENV = "VLPROMPT_HEAP_REUSE"
+_heap_reuse_set = False
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed blocks up to :data:`HEAP_BLOCK_LIMIT` and up to :data:`HEAP_KEEP` of free heap
+    for reuse, so encoding the next image's views does not fault its working set in again (millions of
+    minor page faults per image otherwise). Once per process; Linux with glibc only; ``VLPROMPT_HEAP_REUSE=0``
+    turns it off. Returns whether the setting is in effect."""
+    global _heap_reuse_set
+    if _heap_reuse_set:
+        return True
+    if os.environ.get(HEAP_REUSE_ENV, "1").strip() in ("0", "false", "no") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    _heap_reuse_set = bool(mallopt(m_mmap_threshold, HEAP_BLOCK_LIMIT)) and bool(mallopt(m_trim_threshold, HEAP_KEEP))
+    if _heap_reuse_set:
+        log.debug("glibc malloc: mmap threshold %d, trim threshold %d", HEAP_BLOCK_LIMIT, HEAP_KEEP)
+    return _heap_reuse_set
+
+
+@torch.no_grad()
+def largest_activation(image_encoder: nn.Module, resolution: int, device: torch.device | str = "cpu") -> int:
+    """Bytes of the largest tensor any layer of ``image_encoder`` outputs for one ``resolution``² view."""
+    sizes = [0]
+
+    def note(module: nn.Module, inputs: tuple, output: object) -> None:
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor):
+                sizes.append(tensor.numel() * tensor.element_size())
+
+    dtype = next(image_encoder.parameters()).dtype
+    hooks = [module.register_forward_hook(note) for module in image_encoder.modules()]
+    try:
+        image_encoder(torch.zeros(1, 3, resolution, resolution, device=device, dtype=dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes)
+
+
+class ViewEncoder:
+    """Encodes test images' views with the frozen image tower, reusing memory across images.
+
+    The tower is prepared for inference (BatchNorm folded into the convolutions, channels-last for a
+    convolutional tower: :func:`~vlprompt.modeling.backbones.speed.inference_image_encoder`). On the CPU the
+    views go through in chunks whose largest activation stays under :data:`HEAP_BLOCK_LIMIT` and glibc is
+    asked to keep such blocks (:func:`reuse_freed_memory`), so every image reuses the previous image's
+    memory instead of faulting fresh pages in. On a GPU (whose allocator caches) chunks are ``max_chunk``.
+    """
+
+    def __init__(self, visual: nn.Module, resolution: int, device: torch.device, max_chunk: int = 256,
+                 amp: bool = False, fold: bool = True, amp_dtype: torch.dtype = torch.float16) -> None:
+        from vlprompt.modeling.backbones.speed import inference_image_encoder
+
+        self.encoder = inference_image_encoder(visual) if fold else visual
+        self.amp = amp
+        self.amp_dtype = amp_dtype
+        self.chunk = max(1, max_chunk)
+        if torch.device(device).type == "cpu" and reuse_freed_memory():
+            per_view = largest_activation(self.encoder, resolution, device)
+            self.chunk = min(self.chunk, max(1, HEAP_BLOCK_LIMIT // max(per_view, 1)))
+
+    def __call__(self, views: torch.Tensor) -> torch.Tensor:
+        """Unnormalised features ``(B, N, E)`` of views ``(B, N, 3, R, R)``."""
+        return encode_views(self.encoder, views, chunk=self.chunk, amp=self.amp, amp_dtype=self.amp_dtype)
