@@ -555,7 +555,7 @@ def tta_tables(runs: Sequence[Run], datasets: Sequence[str] | None = None, label
                      key=lambda m: TTA_ORDER.index(top1.trainer_of.get(m)) if top1.trainer_of.get(m) in TTA_ORDER
                      else len(TTA_ORDER))  # stable: the rest keep order_methods' order after these
     legend = ("Top-1 and ECE in %; ECE: expected calibration error of the predictions' confidences (ECE_BINS "
-              "equal-width bins, C-TPT's 20 by default); s/image: seconds per test image as the run timed it "
+              "equal-width bins, 15 by default); s/image: seconds per test image as the run timed it "
               "(its machine, its batch; a resumed run's time covers the images it did).")
     notes = [*top1.groups.notes, legend]
     tables = []
