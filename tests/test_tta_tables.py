@@ -80,7 +80,7 @@ def test_tables_command_writes_the_method_table_in_every_format(tree, tmp_path, 
 
 def test_one_row_per_method_across_its_runs_over_different_test_sets(tmp_path):
     """TEST_SETS (what the columns stand for) and LOAD's path are no setting; other keys split rows."""
-    def config(sets: str, weight: float) -> dict:
+        assert any("ECE" in note and "15 by default" in note for note in shifts.notes)
         return {"SEED": 1, "TRAINER": {"NAME": "CTPT", "CTPT": {"TEST_SETS": sets, "LAMBDA": weight, "LOAD": ""}}}
 
     method_run(tmp_path, "CTPT", SHIFTS, 1, 60.0, config("/".join(SHIFTS), 50.0))
